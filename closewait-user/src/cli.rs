@@ -1,0 +1,161 @@
+//! Command-line interface.
+
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::{events::Family, loader::AttachMode};
+
+/// Find TCP sockets stuck in CLOSE_WAIT, live: the peer closed, the local
+/// application never did.
+#[derive(Debug, Parser)]
+#[command(name = "closewait-trace", version, about, long_about = None)]
+pub struct Cli {
+    /// Flag a socket as stuck once it has been in CLOSE_WAIT this long
+    /// (e.g. 500ms, 10s, 5m).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub threshold: Duration,
+
+    /// Stop after this long and print the summary (default: until Ctrl-C).
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub duration: Option<Duration>,
+
+    /// Only sockets whose local or remote port is PORT (repeatable).
+    #[arg(long = "port", short = 'p', value_name = "PORT", value_parser = parse_port)]
+    pub ports: Vec<u16>,
+
+    /// Only IPv4 sockets (IPv4-mapped IPv6 counts as IPv4).
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    pub ipv4: bool,
+
+    /// Only IPv6 sockets.
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
+
+    /// Also show every entry into and exit from CLOSE_WAIT.
+    #[arg(long)]
+    pub all: bool,
+
+    /// One JSON object per line on stdout.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Size of the kernel-to-agent ring buffer in bytes (a power of two, at
+    /// least 4096).
+    #[arg(long, value_name = "BYTES", default_value = "1048576", value_parser = parse_ring_size)]
+    pub ring_buffer_size: u32,
+
+    /// How often to re-check the table against the kernel's socket table,
+    /// which recovers from lost events.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
+    pub reconcile_interval: Duration,
+
+    /// Force an attach point instead of the best available (for testing the
+    /// fallback).
+    #[arg(long, value_enum, hide = true)]
+    pub attach: Option<AttachMode>,
+}
+
+impl Cli {
+    pub fn family(&self) -> Option<Family> {
+        match (self.ipv4, self.ipv6) {
+            (true, _) => Some(Family::V4),
+            (_, true) => Some(Family::V6),
+            _ => None,
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}` is not a duration like 500ms, 10s or 5m ({e})"))
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be longer than zero".to_string()),
+        d => Ok(d),
+    }
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(0) | Err(_) => Err(format!("`{s}` is not a port (1-65535)")),
+        Ok(p) => Ok(p),
+    }
+}
+
+fn parse_ring_size(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if n >= 4096 && n.is_power_of_two() => Ok(n),
+        _ => Err(format!("`{s}` is not a power of two of at least 4096")),
+    }
+}
+
+/// Parse arguments; on a usage error return its first line (clap's error
+/// without the usage block), for a one-line message.
+pub fn parse<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    Cli::try_parse_from(args)
+}
+
+/// Clap's error, reduced to its first line.
+pub fn one_line_error(err: &clap::Error) -> String {
+    let text = err.render().to_string();
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+    format!("{} (see --help)", first.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Result<Cli, clap::Error> {
+        parse(std::iter::once("closewait-trace").chain(a.iter().copied()))
+    }
+
+    #[test]
+    fn defaults() {
+        let cli = args(&[]).expect("no flags is valid");
+        assert_eq!(cli.threshold, Duration::from_secs(5));
+        assert_eq!(cli.duration, None);
+        assert!(cli.ports.is_empty());
+        assert_eq!(cli.family(), None);
+        assert!(!cli.all && !cli.json);
+        assert_eq!(cli.ring_buffer_size, 1 << 20);
+    }
+
+    #[test]
+    fn durations_ports_families() {
+        let cli = args(&[
+            "--threshold", "500ms", "--duration", "5m", "--port", "80", "-p", "443", "-6", "--all", "--json",
+        ])
+        .expect("valid");
+        assert_eq!(cli.threshold, Duration::from_millis(500));
+        assert_eq!(cli.duration, Some(Duration::from_secs(300)));
+        assert_eq!(cli.ports, vec![80, 443]);
+        assert_eq!(cli.family(), Some(Family::V6));
+        assert!(cli.all && cli.json);
+    }
+
+    #[test]
+    fn bad_flags_are_one_line_errors() {
+        for bad in [
+            &["--threshold", "soon"][..],
+            &["--duration", "0s"],
+            &["--port", "70000"],
+            &["--port", "0"],
+            &["-4", "-6"],
+            &["--bogus"],
+            &["--ring-buffer-size", "5000"],
+        ] {
+            let err = args(bad).expect_err(&format!("{bad:?} must be rejected"));
+            let line = one_line_error(&err);
+            assert!(!line.contains('\n'), "{line}");
+            assert!(line.starts_with("error:"), "{line}");
+        }
+    }
+}

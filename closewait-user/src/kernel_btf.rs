@@ -1,0 +1,140 @@
+//! Offsets of the `struct sock` fields the kernel program reads, looked up in
+//! the running kernel's BTF. Rust eBPF has no CO-RE relocations, so this is
+//! how the program stays correct across kernel builds.
+
+use std::path::Path;
+
+use btf_rs::{Btf, Type};
+use closewait_common::{SockOffsets, NO_OFFSET};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OffsetError {
+    #[error("cannot read kernel BTF {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: btf_rs::Error,
+    },
+    #[error("kernel BTF has no struct {0}")]
+    NoStruct(String),
+    #[error("kernel BTF: struct {ty} has no field {field}")]
+    NoField { ty: String, field: String },
+    #[error("kernel BTF: {0} is a bit field, which the kernel program cannot read")]
+    BitField(String),
+}
+
+/// Look up every offset in the BTF file at `path` (normally
+/// /sys/kernel/btf/vmlinux).
+pub fn sock_offsets(path: &Path) -> Result<SockOffsets, OffsetError> {
+    let btf = Btf::from_file(path).map_err(|source| OffsetError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let sock = |field: &str| field_offset(&btf, "sock", field);
+    let offsets = SockOffsets {
+        sk_protocol: sock("sk_protocol")?,
+        skc_family: sock("__sk_common.skc_family")?,
+        skc_num: sock("__sk_common.skc_num")?,
+        skc_dport: sock("__sk_common.skc_dport")?,
+        skc_rcv_saddr: sock("__sk_common.skc_rcv_saddr")?,
+        skc_daddr: sock("__sk_common.skc_daddr")?,
+        // Absent without CONFIG_IPV6 / CONFIG_NET_NS: the program skips them.
+        skc_v6_rcv_saddr: sock("__sk_common.skc_v6_rcv_saddr").unwrap_or(NO_OFFSET),
+        skc_v6_daddr: sock("__sk_common.skc_v6_daddr").unwrap_or(NO_OFFSET),
+        skc_net: sock("__sk_common.skc_net.net").unwrap_or(NO_OFFSET),
+        net_inum: field_offset(&btf, "net", "ns.inum").unwrap_or(NO_OFFSET),
+    };
+    Ok(offsets)
+}
+
+/// Byte offset of a dotted field path (`a.b.c`) in struct `ty`, looking
+/// through anonymous structs and unions as C does.
+pub fn field_offset(btf: &Btf, ty: &str, path: &str) -> Result<u32, OffsetError> {
+    let root = btf
+        .resolve_types_by_name(ty)
+        .map_err(|_| OffsetError::NoStruct(ty.to_string()))?
+        .into_iter()
+        .find(|t| matches!(t, Type::Struct(_)))
+        .ok_or_else(|| OffsetError::NoStruct(ty.to_string()))?;
+    let mut current = root;
+    let mut offset_bits = 0u32;
+    for field in path.split('.') {
+        let (bits, member_ty) =
+            find_member(btf, &current, field)?.ok_or_else(|| OffsetError::NoField {
+                ty: ty.to_string(),
+                field: path.to_string(),
+            })?;
+        offset_bits += bits;
+        current = member_ty;
+    }
+    Ok(offset_bits / 8)
+}
+
+/// Find `name` among the members of `ty` (a struct or union), descending into
+/// anonymous members. Returns the bit offset and the member's resolved type.
+fn find_member(btf: &Btf, ty: &Type, name: &str) -> Result<Option<(u32, Type)>, OffsetError> {
+    let members = match ty {
+        Type::Struct(s) | Type::Union(s) => &s.members,
+        _ => return Ok(None),
+    };
+    for member in members {
+        let member_name = btf.resolve_name(member).unwrap_or_default();
+        let Ok(member_ty) = btf.resolve_chained_type(member) else {
+            continue;
+        };
+        let member_ty = strip_modifiers(btf, member_ty);
+        if member_name == name {
+            if member.bitfield_size().is_some_and(|size| size != 0) {
+                return Err(OffsetError::BitField(name.to_string()));
+            }
+            return Ok(Some((member.bit_offset(), member_ty)));
+        }
+        if member_name.is_empty() {
+            if let Some((bits, found)) = find_member(btf, &member_ty, name)? {
+                return Ok(Some((member.bit_offset() + bits, found)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Look through typedefs and qualifiers to the underlying type.
+fn strip_modifiers(btf: &Btf, mut ty: Type) -> Type {
+    for _ in 0..16 {
+        let next = match &ty {
+            Type::Typedef(t) => btf.resolve_chained_type(t),
+            Type::Const(t) | Type::Volatile(t) | Type::Restrict(t) => btf.resolve_chained_type(t),
+            Type::TypeTag(t) => btf.resolve_chained_type(t),
+            _ => return ty,
+        };
+        match next {
+            Ok(next) => ty = next,
+            Err(_) => return ty,
+        }
+    }
+    ty
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads this machine's BTF when it has one; the offsets must be plausible
+    /// and distinct. Skips (with a message) on a machine without BTF.
+    #[test]
+    fn resolves_sock_offsets_from_running_kernel() {
+        let path = Path::new("/sys/kernel/btf/vmlinux");
+        if !path.exists() {
+            eprintln!("no {}: skipped", path.display());
+            return;
+        }
+        let off = sock_offsets(path).expect("offsets resolve on this kernel");
+        // struct sock_common is the first member of struct sock.
+        assert!(off.skc_family < 64, "skc_family at {}", off.skc_family);
+        assert_eq!(off.skc_dport + 2, off.skc_num, "skc_dport then skc_num");
+        assert_eq!(off.skc_daddr + 4, off.skc_rcv_saddr);
+        assert!(off.sk_protocol > off.skc_v6_rcv_saddr);
+        assert_ne!(off.skc_net, NO_OFFSET);
+        assert_ne!(off.net_inum, NO_OFFSET);
+    }
+}

@@ -1,0 +1,255 @@
+//! Load the kernel program, pick the best attach point this kernel offers,
+//! and read the drop counters.
+
+use std::{
+    mem,
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::Path,
+};
+
+use anyhow::{bail, Context as _};
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, ProgramError, ProgramFd, TracePoint},
+    Btf, Ebpf, EbpfLoader,
+};
+use closewait_common::{counter, Config, TpOffsets, MAX_KERNEL_PORTS};
+
+use crate::{kernel_btf, tracefs};
+
+/// The kernel object, built by build.rs (empty when the build skipped it).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/closewait"));
+
+const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+const TRACEPOINT: &str = "inet_sock_set_state";
+
+/// Which hook the program is attached to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// BTF tracepoint: no tracefs needed, gives socket cookies and netns.
+    TpBtf,
+    /// Classic tracepoint (fallback without BTF): no cookie, no netns.
+    Tracepoint,
+}
+
+impl AttachMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachMode::TpBtf => "tp_btf",
+            AttachMode::Tracepoint => "tracepoint",
+        }
+    }
+
+    /// Whether events carry a socket cookie (else sockets are keyed by tuple).
+    pub fn has_cookies(self) -> bool {
+        self == AttachMode::TpBtf
+    }
+}
+
+pub struct LoadOptions {
+    /// `None`: the best available.
+    pub attach: Option<AttachMode>,
+    pub ports: Vec<u16>,
+    pub ring_buffer_bytes: u32,
+}
+
+/// Events the kernel could not deliver, as running totals.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Drops {
+    pub ringbuf_full: u64,
+    pub read_failed: u64,
+    /// Runs the kernel skipped because a BPF program was already running on
+    /// that CPU (bpf_prog_info.recursion_misses).
+    pub recursion_misses: u64,
+}
+
+/// The loaded, attached program.
+pub struct Probe {
+    pub mode: AttachMode,
+    pub events: RingBuf<MapData>,
+    /// Owns the program and its link: dropping it detaches.
+    pub counters: DropCounters,
+}
+
+/// The kernel's drop counters, and the program they belong to.
+pub struct DropCounters {
+    counters: PerCpuArray<MapData, u64>,
+    prog_fd: ProgramFd,
+    // Keeps the program and its link alive.
+    _ebpf: Ebpf,
+}
+
+impl Probe {
+    pub fn load(opts: &LoadOptions) -> anyhow::Result<Probe> {
+        if OBJECT.is_empty() {
+            bail!("this binary was built without its kernel program (AYA_BUILD_SKIP); rebuild with `cargo xtask build`");
+        }
+        let btf_present = Path::new(VMLINUX_BTF).exists();
+        let mode = match opts.attach {
+            Some(AttachMode::TpBtf) if !btf_present => {
+                bail!("--attach tp-btf needs kernel BTF, and {VMLINUX_BTF} does not exist")
+            }
+            Some(mode) => mode,
+            None if btf_present => AttachMode::TpBtf,
+            None => {
+                eprintln!("closewait-trace: no kernel BTF ({VMLINUX_BTF}); falling back to the classic tracepoint (no socket cookies, no netns)");
+                AttachMode::Tracepoint
+            }
+        };
+        match mode {
+            AttachMode::TpBtf => match Self::load_btf(opts) {
+                Ok(probe) => Ok(probe),
+                Err(err) if opts.attach.is_none() => {
+                    eprintln!("closewait-trace: BTF tracepoint unavailable ({err:#}); falling back to the classic tracepoint");
+                    Self::load_tracepoint(opts)
+                }
+                Err(err) => Err(err),
+            },
+            AttachMode::Tracepoint => Self::load_tracepoint(opts),
+        }
+    }
+
+    fn load_btf(opts: &LoadOptions) -> anyhow::Result<Probe> {
+        let offsets = kernel_btf::sock_offsets(Path::new(VMLINUX_BTF))?;
+        let mut ebpf = loader(opts)
+            .override_global("SOCK_OFFSETS", &offsets, true)
+            .load(OBJECT)
+            .context("loading the kernel object")?;
+        let btf = Btf::from_sys_fs().context("parsing kernel BTF")?;
+        let prog: &mut BtfTracePoint = program(&mut ebpf, "inet_sock_set_state_btf")?;
+        prog.load(TRACEPOINT, &btf)
+            .map_err(|e| load_error(e, "the BTF tracepoint program"))?;
+        prog.attach()
+            .context("attaching to the BTF tracepoint inet_sock_set_state")?;
+        let prog_fd = prog.fd()?.try_clone()?;
+        Self::finish(ebpf, AttachMode::TpBtf, prog_fd)
+    }
+
+    fn load_tracepoint(opts: &LoadOptions) -> anyhow::Result<Probe> {
+        let root = tracefs::ensure_mounted().context(
+            "no kernel BTF and no tracefs: closewait-trace needs one of them to attach",
+        )?;
+        let offsets: TpOffsets = tracefs::tracepoint_offsets(&root)?;
+        let mut ebpf = loader(opts)
+            .override_global("TP_OFFSETS", &offsets, true)
+            .load(OBJECT)
+            .context("loading the kernel object")?;
+        let prog: &mut TracePoint = program(&mut ebpf, "inet_sock_set_state_tp")?;
+        prog.load()
+            .map_err(|e| load_error(e, "the tracepoint program"))?;
+        prog.attach("sock", TRACEPOINT)
+            .context("attaching to the tracepoint sock:inet_sock_set_state")?;
+        let prog_fd = prog.fd()?.try_clone()?;
+        Self::finish(ebpf, AttachMode::Tracepoint, prog_fd)
+    }
+
+    fn finish(mut ebpf: Ebpf, mode: AttachMode, prog_fd: ProgramFd) -> anyhow::Result<Probe> {
+        let events = RingBuf::try_from(ebpf.take_map("EVENTS").context("no EVENTS map")?)?;
+        let counters =
+            PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("no COUNTERS map")?)?;
+        Ok(Probe {
+            mode,
+            events,
+            counters: DropCounters {
+                counters,
+                prog_fd,
+                _ebpf: ebpf,
+            },
+        })
+    }
+}
+
+impl DropCounters {
+    /// Current totals of everything the kernel dropped.
+    pub fn drops(&self) -> anyhow::Result<Drops> {
+        let sum = |index: u32| -> anyhow::Result<u64> {
+            Ok(self.counters.get(&index, 0)?.iter().sum())
+        };
+        Ok(Drops {
+            ringbuf_full: sum(counter::RINGBUF_FULL)?,
+            read_failed: sum(counter::READ_FAILED)?,
+            recursion_misses: recursion_misses(&self.prog_fd)?,
+        })
+    }
+}
+
+/// The loader with the settings both attach modes share.
+fn loader(opts: &LoadOptions) -> EbpfLoader<'static> {
+    let mut config = Config::DEFAULT;
+    if opts.ports.len() <= MAX_KERNEL_PORTS {
+        config.ports[..opts.ports.len()].copy_from_slice(&opts.ports);
+        config.n_ports = opts.ports.len() as u32;
+    }
+    // Beyond that the kernel passes every port and the agent filters.
+    config.wakeup_bytes = opts.ring_buffer_bytes / 4;
+    let mut loader = EbpfLoader::new();
+    // EbpfLoader borrows the value for its own lifetime; leak the few bytes
+    // once so the loader can be returned.
+    let config: &'static Config = Box::leak(Box::new(config));
+    loader
+        .override_global("CONFIG", config, true)
+        .map_max_entries("EVENTS", opts.ring_buffer_bytes);
+    loader
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .with_context(|| format!("the kernel object has no program {name}"))?;
+    Ok(prog.try_into()?)
+}
+
+/// A load failure as one line: the errno and the verifier's last words.
+fn load_error(err: ProgramError, what: &str) -> anyhow::Error {
+    match err {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log.lines().rev().take(3).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            anyhow::anyhow!(
+                "the kernel refused {what} ({io_error}); verifier: {}",
+                tail.join(" / ")
+            )
+        }
+        other => anyhow::Error::new(other).context(format!("loading {what}")),
+    }
+}
+
+/// `bpf_prog_info.recursion_misses` for the program (Linux 5.12+; 0 before).
+/// aya's ProgramInfo does not expose this field, so ask the kernel directly.
+fn recursion_misses(fd: &ProgramFd) -> anyhow::Result<u64> {
+    use aya_obj::generated::bpf_prog_info;
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    // SAFETY: bpf_prog_info is plain data; all-zero is valid.
+    let mut info: bpf_prog_info = unsafe { mem::zeroed() };
+    let attr = InfoAttr {
+        bpf_fd: fd.as_fd().as_raw_fd() as u32,
+        info_len: mem::size_of::<bpf_prog_info>() as u32,
+        info: &mut info as *mut bpf_prog_info as u64,
+    };
+    // SAFETY: attr and info outlive the call; sizes are accurate.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &attr as *const InfoAttr,
+            mem::size_of::<InfoAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("BPF_OBJ_GET_INFO_BY_FD");
+    }
+    Ok(info.recursion_misses)
+}

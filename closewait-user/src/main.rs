@@ -1,0 +1,337 @@
+//! closewait-trace: wiring only. See the modules for the logic.
+
+mod cli;
+mod events;
+mod existing;
+mod kernel_btf;
+mod loader;
+mod output;
+mod privileges;
+mod tracefs;
+mod tracker;
+
+use std::{
+    io::{self, BufWriter, Write},
+    process::ExitCode,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use closewait_common::decode;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
+
+use crate::{
+    cli::Cli,
+    events::{Filter, Observed, Socket},
+    existing::{ScanError, ScanResult, ScannedSocket},
+    loader::{Drops, LoadOptions, Probe},
+    output::{Output, StartInfo, WallClock},
+    tracker::{Found, Report, Tracker},
+};
+
+/// How often the ring buffer is drained when the kernel does not wake us
+/// (it only does when the buffer fills up: a wakeup costs ~12 us).
+const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+/// How often the kernel's drop counters are read.
+const DROP_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+fn main() -> ExitCode {
+    let cli = match cli::parse(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => {
+            // --help, --version
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            eprintln!("closewait-trace: {}", cli::one_line_error(&err));
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("closewait-trace: error: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let msg = format!("{err:#}").replace('\n', " ");
+            eprintln!("closewait-trace: error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+fn mono_now() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Per-run state the event loop shares with its helpers.
+struct Agent<W: Write> {
+    tracker: Tracker,
+    filter: Filter,
+    cookies: bool,
+    out: Output<W>,
+    /// Records the agent could not decode (a version mismatch; never expected).
+    decode_errors: u64,
+}
+
+impl<W: Write> Agent<W> {
+    /// Apply every record waiting in the ring buffer.
+    fn drain(&mut self, rb: &mut RingBuf<MapData>) -> io::Result<()> {
+        while let Some(item) = rb.next() {
+            let raw = match decode(&item) {
+                Ok(raw) => raw,
+                Err(_) => {
+                    self.decode_errors += 1;
+                    continue;
+                }
+            };
+            let Some(obs) = Observed::from_raw(&raw, self.cookies) else {
+                continue;
+            };
+            if !self.filter.matches(&obs.socket) {
+                continue;
+            }
+            let id = obs.socket.id(self.cookies);
+            let ts = obs.ts_ns;
+            if let Some(report) = self.tracker.on_event(id, obs) {
+                self.out.report(&report, ts)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reconcile with a finished scan. Drain the ring buffer first, so every
+    /// event committed before the scan ended has been applied.
+    fn reconcile(&mut self, scan: &ScanResult, startup: bool) -> Vec<Report> {
+        let found: Vec<Found> = scan
+            .sockets
+            .iter()
+            .map(|s| found_from_scan(s, self.cookies))
+            .filter(|f| self.filter.matches(&f.socket))
+            .collect();
+        self.tracker.finish_scan(found, mono_now(), startup)
+    }
+
+    fn print(&mut self, reports: &[Report], now_ns: u64) -> io::Result<()> {
+        for report in reports {
+            self.out.report(report, now_ns)?;
+        }
+        Ok(())
+    }
+}
+
+fn found_from_scan(s: &ScannedSocket, cookies: bool) -> Found {
+    let bytes = |a: std::net::IpAddr| -> [u8; 16] {
+        match a {
+            std::net::IpAddr::V4(v4) => {
+                let mut out = [0; 16];
+                out[..4].copy_from_slice(&v4.octets());
+                out
+            }
+            std::net::IpAddr::V6(v6) => v6.octets(),
+        }
+    };
+    let socket = Socket::new(
+        Some(s.cookie),
+        s.family,
+        bytes(s.laddr),
+        s.lport,
+        bytes(s.raddr),
+        s.rport,
+        Some(s.netns),
+    );
+    Found {
+        id: socket.id(cookies),
+        socket,
+        age_ns: s.last_ack_recv_ms.map(|ms| u64::from(ms) * 1_000_000),
+    }
+}
+
+/// Scan every network namespace on a blocking thread; the result arrives on
+/// `tx`.
+fn spawn_scan(tx: mpsc::Sender<Result<ScanResult, ScanError>>) {
+    tokio::task::spawn_blocking(move || {
+        let _ = tx.blocking_send(existing::scan_all());
+    });
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    privileges::check()?;
+    privileges::raise_memlock();
+    let started = Instant::now();
+    let probe = Probe::load(&LoadOptions {
+        attach: cli.attach,
+        ports: cli.ports.clone(),
+        ring_buffer_bytes: cli.ring_buffer_size,
+    })?;
+    let Probe {
+        mode,
+        events,
+        counters,
+    } = probe;
+    // SAFETY: the RingBuf owns its map fd, which stays open and unchanged
+    // for as long as the AsyncFd owns the RingBuf.
+    let mut rb = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+        .context("polling the ring buffer")?;
+    let clock = WallClock::new(mono_now(), SystemTime::now());
+    let stdout = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
+    let mut agent = Agent {
+        tracker: Tracker::new(cli.threshold.as_nanos() as u64, cli.all),
+        filter: Filter {
+            ports: cli.ports.clone(),
+            family: cli.family(),
+        },
+        cookies: mode.has_cookies(),
+        out: Output::new(stdout, cli.json, clock),
+        decode_errors: 0,
+    };
+
+    // Start-up scan, after attach so nothing falls between the two.
+    agent.tracker.begin_scan(mono_now());
+    let namespaces = existing::list_netns();
+    let netns_scanned = namespaces.len();
+    let scan = tokio::task::spawn_blocking(move || existing::scan_close_wait(&namespaces))
+        .await
+        .context("start-up scan")?
+        .context("scanning for sockets already in CLOSE_WAIT")?;
+    for err in &scan.errors {
+        eprintln!("closewait-trace: warning: {err}");
+    }
+    agent.drain(rb.get_mut())?;
+    let existing = agent.reconcile(&scan, true);
+    let now = mono_now();
+    agent.out.start(
+        &StartInfo {
+            attach: mode.name(),
+            threshold: cli.threshold,
+            existing: existing.len(),
+            netns_scanned,
+        },
+        now,
+    )?;
+    agent.print(&existing, now)?;
+    agent.out.flush()?;
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let end = async {
+        match cli.duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(end);
+    let mut tick = tokio::time::interval(DRAIN_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (scan_tx, mut scan_rx) = mpsc::channel(1);
+    let mut scan_in_flight = false;
+    let mut next_scan = Instant::now() + cli.reconcile_interval;
+    let mut next_drop_check = Instant::now() + DROP_CHECK_INTERVAL;
+    let mut drops_seen = Drops::default();
+
+    let result: anyhow::Result<()> = async {
+        loop {
+            let mut scan_done = None;
+            tokio::select! {
+                guard = rb.readable_mut() => guard?.clear_ready(),
+                _ = tick.tick() => {}
+                Some(res) = scan_rx.recv() => scan_done = Some(res),
+                _ = sigint.recv() => break,
+                _ = sigterm.recv() => break,
+                _ = &mut end => break,
+            }
+            agent.drain(rb.get_mut())?;
+            if let Some(res) = scan_done {
+                scan_in_flight = false;
+                match res {
+                    Ok(scan) => {
+                        let reports = agent.reconcile(&scan, false);
+                        agent.print(&reports, mono_now())?;
+                    }
+                    Err(err) => eprintln!("closewait-trace: warning: reconciliation scan failed: {err}"),
+                }
+            }
+            let now = mono_now();
+            let stuck = agent.tracker.poll_stuck(now);
+            agent.print(&stuck, now)?;
+            let wall_now = Instant::now();
+            if wall_now >= next_drop_check {
+                next_drop_check = wall_now + DROP_CHECK_INTERVAL;
+                let drops = counters.drops()?;
+                if drops != drops_seen {
+                    agent.out.lost(&delta(&drops, &drops_seen), now)?;
+                    drops_seen = drops;
+                    // Lost events may hide an entry or an exit: check now.
+                    next_scan = wall_now;
+                }
+            }
+            if wall_now >= next_scan && !scan_in_flight {
+                next_scan = wall_now + cli.reconcile_interval;
+                scan_in_flight = true;
+                agent.tracker.begin_scan(mono_now());
+                spawn_scan(scan_tx.clone());
+            }
+            agent.out.flush()?;
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(err) = result {
+        if is_broken_pipe(&err) {
+            return Ok(()); // the reader went away: nothing left to tell
+        }
+        return Err(err);
+    }
+
+    // Final drain and drop count, then detach before printing.
+    agent.drain(rb.get_mut())?;
+    let now = mono_now();
+    let stuck = agent.tracker.poll_stuck(now);
+    agent.print(&stuck, now)?;
+    let drops = counters.drops()?;
+    if drops != drops_seen {
+        agent.out.lost(&delta(&drops, &drops_seen), now)?;
+    }
+    drop(counters);
+    drop(rb);
+    if agent.decode_errors > 0 {
+        eprintln!(
+            "closewait-trace: warning: {} kernel records could not be decoded",
+            agent.decode_errors
+        );
+    }
+    let summary = agent.tracker.summary(now);
+    agent.out.summary(&summary, &drops, started.elapsed(), now)?;
+    agent.out.flush()?;
+    Ok(())
+}
+
+fn delta(now: &Drops, before: &Drops) -> Drops {
+    Drops {
+        ringbuf_full: now.ringbuf_full.saturating_sub(before.ringbuf_full),
+        read_failed: now.read_failed.saturating_sub(before.read_failed),
+        recursion_misses: now.recursion_misses.saturating_sub(before.recursion_misses),
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    })
+}

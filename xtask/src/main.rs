@@ -1,0 +1,60 @@
+//! Developer tasks for closewait-trace: `cargo xtask <command>`.
+
+mod build;
+mod cmd;
+mod setup;
+mod test;
+
+use std::{ffi::OsString, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Developer tasks for closewait-trace (run as `cargo xtask <command>`)")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing: rust-src, bpf-linker 0.13 (built against LLVM 22), iproute2,
+    /// util-linux. Only installs on Debian-based systems; elsewhere prints the commands
+    Setup,
+    /// Run setup, then build closewait-trace (`cargo build -p closewait-user`)
+    Build(build::BuildArgs),
+    /// Build (debug unless --release), then run target/<profile>/closewait-trace with ARGS,
+    /// through sudo when not root; exits with its exit code
+    Run {
+        #[command(flatten)]
+        build: build::BuildArgs,
+        /// Arguments for closewait-trace
+        #[arg(last = true, value_name = "ARGS")]
+        trace_args: Vec<OsString>,
+    },
+    /// Run setup, the host unit tests, then the kernel tests (these need root)
+    Test(test::TestArgs),
+    /// Benchmarks (not implemented yet)
+    Bench,
+}
+
+fn main() -> ExitCode {
+    cmd::add_cargo_bin_to_path();
+    let result = match Cli::parse().task {
+        Task::Setup => setup::setup(),
+        Task::Build(args) => build::build(&args).map(|binary| {
+            eprintln!("built {}", binary.display());
+        }),
+        Task::Run { build, trace_args } => build::run(&build, &trace_args),
+        Task::Test(args) => test::test(&args),
+        Task::Bench => {
+            eprintln!("bench: not implemented yet");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(err) = result {
+        eprintln!("xtask: error: {err:#}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
