@@ -19,8 +19,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use closewait_common::{
-    counter, tcp_state::CLOSE_WAIT, Config, SockOffsets, StateEvent, TpOffsets, AF_INET,
-    AF_INET6, IPPROTO_TCP, NO_OFFSET,
+    counter, tcp_state::CLOSE_WAIT, Config, SockOffsets, StateEvent, TpOffsets, AF_INET, AF_INET6,
+    IPPROTO_TCP, NO_OFFSET,
 };
 
 /// Events to the agent. The loader sets the real size (`--ring-buffer-size`).
