@@ -23,7 +23,8 @@ fn main() -> anyhow::Result<()> {
     }
     // Build with the toolchain that builds us (rustup sets RUSTUP_TOOLCHAIN).
     let toolchain = env::var("RUSTUP_TOOLCHAIN").unwrap_or_else(|_| "stable".to_string());
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("no CARGO_MANIFEST_DIR")?);
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("no CARGO_MANIFEST_DIR")?);
     let root_dir = manifest_dir.join("../closewait-ebpf");
     let root_dir = root_dir.to_str().context("non-UTF-8 path")?;
     aya_build::build_ebpf(

@@ -105,7 +105,10 @@ where
 /// Clap's error, reduced to its first line.
 pub fn one_line_error(err: &clap::Error) -> String {
     let text = err.render().to_string();
-    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+    let first = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid arguments");
     format!("{} (see --help)", first.trim())
 }
 
@@ -131,7 +134,17 @@ mod tests {
     #[test]
     fn durations_ports_families() {
         let cli = args(&[
-            "--threshold", "500ms", "--duration", "5m", "--port", "80", "-p", "443", "-6", "--all", "--json",
+            "--threshold",
+            "500ms",
+            "--duration",
+            "5m",
+            "--port",
+            "80",
+            "-p",
+            "443",
+            "-6",
+            "--all",
+            "--json",
         ])
         .expect("valid");
         assert_eq!(cli.threshold, Duration::from_millis(500));

@@ -190,7 +190,13 @@ mod tests {
     #[test]
     fn v4_mapped_ipv6_is_shown_as_ipv4() {
         let mapped = |a: [u8; 4]| Ipv4Addr::from(a).to_ipv6_mapped().octets();
-        let ev = raw(AF_INET6, mapped([127, 0, 0, 1]), mapped([127, 0, 0, 9]), 8, 9);
+        let ev = raw(
+            AF_INET6,
+            mapped([127, 0, 0, 1]),
+            mapped([127, 0, 0, 9]),
+            8,
+            9,
+        );
         let o = Observed::from_raw(&ev, true).expect("an exit");
         assert_eq!(o.transition, Transition::Exit { to: 9 });
         assert_eq!(o.socket.family, Family::V4);
@@ -199,7 +205,13 @@ mod tests {
 
     #[test]
     fn real_ipv6_stays_ipv6() {
-        let ev = raw(AF_INET6, Ipv6Addr::LOCALHOST.octets(), Ipv6Addr::LOCALHOST.octets(), 1, 8);
+        let ev = raw(
+            AF_INET6,
+            Ipv6Addr::LOCALHOST.octets(),
+            Ipv6Addr::LOCALHOST.octets(),
+            1,
+            8,
+        );
         let o = Observed::from_raw(&ev, true).expect("an entry");
         assert_eq!(o.socket.family, Family::V6);
         assert_eq!(o.socket.laddr, IpAddr::V6(Ipv6Addr::LOCALHOST));
@@ -225,7 +237,10 @@ mod tests {
         assert_eq!(without.id(false), other.id(false));
         let mut moved = ev;
         moved.dport = 40001;
-        assert_ne!(without.id(false), Observed::from_raw(&moved, false).unwrap().socket.id(false));
+        assert_ne!(
+            without.id(false),
+            Observed::from_raw(&moved, false).unwrap().socket.id(false)
+        );
     }
 
     #[test]

@@ -126,9 +126,8 @@ impl Probe {
     }
 
     fn load_tracepoint(opts: &LoadOptions) -> anyhow::Result<Probe> {
-        let root = tracefs::ensure_mounted().context(
-            "no kernel BTF and no tracefs: closewait-trace needs one of them to attach",
-        )?;
+        let root = tracefs::ensure_mounted()
+            .context("no kernel BTF and no tracefs: closewait-trace needs one of them to attach")?;
         let offsets: TpOffsets = tracefs::tracepoint_offsets(&root)?;
         let mut ebpf = loader(opts)
             .override_global("TP_OFFSETS", &offsets, true)
@@ -162,9 +161,8 @@ impl Probe {
 impl DropCounters {
     /// Current totals of everything the kernel dropped.
     pub fn drops(&self) -> anyhow::Result<Drops> {
-        let sum = |index: u32| -> anyhow::Result<u64> {
-            Ok(self.counters.get(&index, 0)?.iter().sum())
-        };
+        let sum =
+            |index: u32| -> anyhow::Result<u64> { Ok(self.counters.get(&index, 0)?.iter().sum()) };
         Ok(Drops {
             ringbuf_full: sum(counter::RINGBUF_FULL)?,
             read_failed: sum(counter::READ_FAILED)?,

@@ -53,7 +53,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("closewait-trace: error: cannot start the runtime: {err}");
@@ -72,7 +75,10 @@ fn main() -> ExitCode {
 
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
 fn mono_now() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -172,7 +178,6 @@ fn spawn_scan(tx: mpsc::Sender<Result<ScanResult, ScanError>>) {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     privileges::check()?;
     privileges::raise_memlock();
-    let started = Instant::now();
     let probe = Probe::load(&LoadOptions {
         attach: cli.attach,
         ports: cli.ports.clone(),
@@ -226,6 +231,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     )?;
     agent.print(&existing, now)?;
     agent.out.flush()?;
+    let started = Instant::now();
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -263,7 +269,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         let reports = agent.reconcile(&scan, false);
                         agent.print(&reports, mono_now())?;
                     }
-                    Err(err) => eprintln!("closewait-trace: warning: reconciliation scan failed: {err}"),
+                    Err(err) => {
+                        eprintln!("closewait-trace: warning: reconciliation scan failed: {err}")
+                    }
                 }
             }
             let now = mono_now();
@@ -316,7 +324,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
     let summary = agent.tracker.summary(now);
-    agent.out.summary(&summary, &drops, started.elapsed(), now)?;
+    agent
+        .out
+        .summary(&summary, &drops, started.elapsed(), now)?;
     agent.out.flush()?;
     Ok(())
 }

@@ -56,6 +56,7 @@ impl<W: Write> Output<W> {
         Output { out, json, clock }
     }
 
+    #[cfg(test)]
     pub fn into_inner(self) -> W {
         self.out
     }
@@ -93,10 +94,17 @@ impl<W: Write> Output<W> {
 
     pub fn report(&mut self, report: &Report, now_ns: u64) -> io::Result<()> {
         let (event, socket, dwell, ts_ns) = match report {
-            Report::Existing { socket, dwell_ns, .. } => ("existing", socket, Some(*dwell_ns), now_ns),
+            Report::Existing {
+                socket, dwell_ns, ..
+            } => ("existing", socket, Some(*dwell_ns), now_ns),
             Report::Enter { socket, ts_ns, .. } => ("enter", socket, None, *ts_ns),
             Report::Stuck { socket, dwell_ns } => ("stuck", socket, Some(*dwell_ns), now_ns),
-            Report::Close { socket, dwell_ns, ts_ns, .. } => ("close", socket, Some(*dwell_ns), *ts_ns),
+            Report::Close {
+                socket,
+                dwell_ns,
+                ts_ns,
+                ..
+            } => ("close", socket, Some(*dwell_ns), *ts_ns),
         };
         if self.json {
             let mut obj = Map::new();
@@ -115,7 +123,9 @@ impl<W: Write> Output<W> {
                     obj.insert("old_state".into(), tcp_state::name(*from).into());
                 }
                 Report::Stuck { .. } => {}
-                Report::Close { to, lower_bound, .. } => {
+                Report::Close {
+                    to, lower_bound, ..
+                } => {
                     obj.insert("new_state".into(), to.map(tcp_state::name).into());
                     obj.insert("lower_bound".into(), (*lower_bound).into());
                 }
@@ -124,7 +134,12 @@ impl<W: Write> Output<W> {
         }
         let dwell = match (report, dwell) {
             (Report::Existing { .. }, Some(d)) => format!(">={}", human_duration(d)),
-            (Report::Close { lower_bound: true, .. }, Some(d)) => format!(">={}", human_duration(d)),
+            (
+                Report::Close {
+                    lower_bound: true, ..
+                },
+                Some(d),
+            ) => format!(">={}", human_duration(d)),
             (_, Some(d)) => human_duration(d),
             (_, None) => "-".into(),
         };
@@ -171,7 +186,13 @@ impl<W: Write> Output<W> {
         Ok(())
     }
 
-    pub fn summary(&mut self, s: &Summary, drops: &Drops, ran: Duration, now_ns: u64) -> io::Result<()> {
+    pub fn summary(
+        &mut self,
+        s: &Summary,
+        drops: &Drops,
+        ran: Duration,
+        now_ns: u64,
+    ) -> io::Result<()> {
         let lost = drops.ringbuf_full + drops.read_failed + drops.recursion_misses;
         let t = &s.totals;
         if self.json {
@@ -189,8 +210,10 @@ impl<W: Write> Output<W> {
             let dwell = s.dwell.map(|p| {
                 json!({"p50": ms(p.p50_ns), "p90": ms(p.p90_ns), "p99": ms(p.p99_ns), "max": ms(p.max_ns), "count": p.count})
             });
-            let lost_by_reason: Map<String, Value> =
-                drop_reasons(drops).into_iter().map(|(k, v)| (k.to_string(), v.into())).collect();
+            let lost_by_reason: Map<String, Value> = drop_reasons(drops)
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.into()))
+                .collect();
             return self.line(json!({
                 "event": "summary",
                 "ts": self.ts(now_ns),
@@ -211,14 +234,21 @@ impl<W: Write> Output<W> {
         }
         let o = &mut self.out;
         writeln!(o)?;
-        writeln!(o, "Summary ({} traced)", human_duration(ran.as_nanos() as u64))?;
+        writeln!(
+            o,
+            "Summary ({} traced)",
+            human_duration(ran.as_nanos() as u64)
+        )?;
         let rows: [(&str, String); 7] = [
             ("entered CLOSE_WAIT", t.entered.to_string()),
             ("already in CLOSE_WAIT at start", t.existing.to_string()),
             ("closed", t.closed.to_string()),
             ("flagged stuck", t.stuck.to_string()),
             ("still stuck now", s.still_stuck.len().to_string()),
-            ("still in CLOSE_WAIT (any dwell)", s.in_close_wait.to_string()),
+            (
+                "still in CLOSE_WAIT (any dwell)",
+                s.in_close_wait.to_string(),
+            ),
             ("events lost", lost.to_string()),
         ];
         for (name, value) in rows {
@@ -335,13 +365,19 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
-    use crate::{events::Family, tracker::{Percentiles, Totals}};
+    use crate::{
+        events::Family,
+        tracker::{Percentiles, Totals},
+    };
 
     const S: u64 = 1_000_000_000;
 
     fn clock() -> WallClock {
         // 2026-11-24T10:00:00Z at monotonic 100 s.
-        WallClock::new(100 * S, SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_514_400))
+        WallClock::new(
+            100 * S,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_514_400),
+        )
     }
 
     fn socket() -> Socket {
@@ -373,14 +409,23 @@ mod tests {
 
     #[test]
     fn endpoints() {
-        assert_eq!(endpoint(IpAddr::V4(Ipv4Addr::LOCALHOST), 80), "127.0.0.1:80");
+        assert_eq!(
+            endpoint(IpAddr::V4(Ipv4Addr::LOCALHOST), 80),
+            "127.0.0.1:80"
+        );
         assert_eq!(endpoint(IpAddr::V6(Ipv6Addr::LOCALHOST), 80), "[::1]:80");
     }
 
     #[test]
     fn json_close_line_has_every_field() {
         let text = render(true, |o| {
-            let r = Report::Close { socket: socket(), dwell_ns: 1_234_567_891, to: Some(9), ts_ns: 101 * S, lower_bound: false };
+            let r = Report::Close {
+                socket: socket(),
+                dwell_ns: 1_234_567_891,
+                to: Some(9),
+                ts_ns: 101 * S,
+                lower_bound: false,
+            };
             o.report(&r, 102 * S).unwrap();
         });
         let v: Value = serde_json::from_str(text.trim()).expect("one JSON object");
@@ -401,10 +446,31 @@ mod tests {
     #[test]
     fn json_existing_and_missed_close() {
         let text = render(true, |o| {
-            o.report(&Report::Existing { socket: socket(), dwell_ns: 3 * S, stuck: false }, 100 * S).unwrap();
-            o.report(&Report::Close { socket: socket(), dwell_ns: 9 * S, to: None, ts_ns: 100 * S, lower_bound: true }, 100 * S).unwrap();
+            o.report(
+                &Report::Existing {
+                    socket: socket(),
+                    dwell_ns: 3 * S,
+                    stuck: false,
+                },
+                100 * S,
+            )
+            .unwrap();
+            o.report(
+                &Report::Close {
+                    socket: socket(),
+                    dwell_ns: 9 * S,
+                    to: None,
+                    ts_ns: 100 * S,
+                    lower_bound: true,
+                },
+                100 * S,
+            )
+            .unwrap();
         });
-        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines[0]["event"], "existing");
         assert_eq!(lines[0]["dwell_ms"], 3000.0);
         assert_eq!(lines[0]["lower_bound"], true);
@@ -414,8 +480,25 @@ mod tests {
     #[test]
     fn text_lines_are_aligned() {
         let text = render(false, |o| {
-            o.report(&Report::Stuck { socket: socket(), dwell_ns: 5 * S }, 105 * S).unwrap();
-            o.report(&Report::Close { socket: socket(), dwell_ns: 12 * S, to: Some(9), ts_ns: 112 * S, lower_bound: false }, 112 * S).unwrap();
+            o.report(
+                &Report::Stuck {
+                    socket: socket(),
+                    dwell_ns: 5 * S,
+                },
+                105 * S,
+            )
+            .unwrap();
+            o.report(
+                &Report::Close {
+                    socket: socket(),
+                    dwell_ns: 12 * S,
+                    to: Some(9),
+                    ts_ns: 112 * S,
+                    lower_bound: false,
+                },
+                112 * S,
+            )
+            .unwrap();
         });
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "10:00:05.000 STUCK        5.00s  10.0.0.1:8080          10.0.0.2:51234         netns=4026531840 cookie=4242");
@@ -425,25 +508,63 @@ mod tests {
     #[test]
     fn summary_json_and_text() {
         let summary = Summary {
-            totals: Totals { entered: 10, existing: 1, closed: 9, stuck: 2, ..Totals::default() },
+            totals: Totals {
+                entered: 10,
+                existing: 1,
+                closed: 9,
+                stuck: 2,
+                ..Totals::default()
+            },
             still_stuck: vec![(socket(), 20 * S, false)],
             in_close_wait: 2,
-            dwell: Some(Percentiles { p50_ns: S / 1000, p90_ns: 2 * S / 1000, p99_ns: 3 * S / 1000, max_ns: 20 * S, count: 9 }),
+            dwell: Some(Percentiles {
+                p50_ns: S / 1000,
+                p90_ns: 2 * S / 1000,
+                p99_ns: 3 * S / 1000,
+                max_ns: 20 * S,
+                count: 9,
+            }),
         };
-        let drops = Drops { ringbuf_full: 3, read_failed: 0, recursion_misses: 1 };
-        let text = render(true, |o| o.summary(&summary, &drops, Duration::from_secs(30), 130 * S).unwrap());
+        let drops = Drops {
+            ringbuf_full: 3,
+            read_failed: 0,
+            recursion_misses: 1,
+        };
+        let text = render(true, |o| {
+            o.summary(&summary, &drops, Duration::from_secs(30), 130 * S)
+                .unwrap()
+        });
         let v: Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(v["event"], "summary");
-        assert_eq!((v["entered"].as_u64(), v["closed"].as_u64(), v["stuck"].as_u64()), (Some(10), Some(9), Some(2)));
+        assert_eq!(
+            (
+                v["entered"].as_u64(),
+                v["closed"].as_u64(),
+                v["stuck"].as_u64()
+            ),
+            (Some(10), Some(9), Some(2))
+        );
         assert_eq!(v["still_stuck"], 1);
         assert_eq!(v["lost"], 4);
         assert_eq!(v["lost_by_reason"]["ringbuf_full"], 3);
         assert_eq!(v["dwell_ms"]["p50"], 1.0);
         assert_eq!(v["dwell_ms"]["max"], 20000.0);
         assert_eq!(v["still_stuck_sockets"][0]["rport"], 51234);
-        let text = render(false, |o| o.summary(&summary, &drops, Duration::from_secs(30), 130 * S).unwrap());
-        assert!(text.contains("  flagged stuck                             2\n"), "{text}");
-        assert!(text.contains("p50 1ms  p90 2ms  p99 3ms  max 20.00s  (n=9)"), "{text}");
-        assert!(text.contains("Still stuck:\n     20.00s  10.0.0.1:8080"), "{text}");
+        let text = render(false, |o| {
+            o.summary(&summary, &drops, Duration::from_secs(30), 130 * S)
+                .unwrap()
+        });
+        assert!(
+            text.contains("  flagged stuck                             2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("p50 1ms  p90 2ms  p99 3ms  max 20.00s  (n=9)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Still stuck:\n     20.00s  10.0.0.1:8080"),
+            "{text}"
+        );
     }
 }

@@ -133,11 +133,13 @@ impl Tracker {
         }
     }
 
+    #[cfg(test)]
     pub fn totals(&self) -> Totals {
         self.totals
     }
 
     /// Sockets currently in CLOSE_WAIT.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.table.len()
     }
@@ -224,11 +226,6 @@ impl Tracker {
             });
         }
         out
-    }
-
-    /// The soonest time `poll_stuck` may have something to say.
-    pub fn next_deadline(&self) -> Option<u64> {
-        self.deadlines.peek().map(|Reverse((deadline, _))| *deadline)
     }
 
     /// A sock_diag scan starts now. Call before the scan reads the kernel.
@@ -394,8 +391,10 @@ mod tests {
     fn flagged_on_time_then_close_reported_with_dwell() {
         let mut t = Tracker::new(5 * S, false);
         t.on_event(7, enter(7, 10 * S));
-        assert!(t.poll_stuck(15 * S - 1).is_empty(), "not before the threshold");
-        assert_eq!(t.next_deadline(), Some(15 * S));
+        assert!(
+            t.poll_stuck(15 * S - 1).is_empty(),
+            "not before the threshold"
+        );
         let stuck = t.poll_stuck(15 * S + 2 * MS);
         assert_eq!(
             stuck,
@@ -446,22 +445,41 @@ mod tests {
         let mut t = Tracker::new(5 * S, false);
         t.begin_scan(100 * S);
         let found = vec![
-            Found { id: 1, socket: sock(1), age_ns: Some(60 * S) },
-            Found { id: 2, socket: sock(2), age_ns: Some(S) },
+            Found {
+                id: 1,
+                socket: sock(1),
+                age_ns: Some(60 * S),
+            },
+            Found {
+                id: 2,
+                socket: sock(2),
+                age_ns: Some(S),
+            },
         ];
         let reports = t.finish_scan(found, 100 * S, true);
         assert_eq!(
             reports,
             vec![
-                Report::Existing { socket: sock(1), dwell_ns: 60 * S, stuck: true },
-                Report::Existing { socket: sock(2), dwell_ns: S, stuck: false },
+                Report::Existing {
+                    socket: sock(1),
+                    dwell_ns: 60 * S,
+                    stuck: true
+                },
+                Report::Existing {
+                    socket: sock(2),
+                    dwell_ns: S,
+                    stuck: false
+                },
             ]
         );
         // The young one is flagged when it reaches the threshold, the old
         // one is not flagged twice.
         assert_eq!(
             t.poll_stuck(104 * S),
-            vec![Report::Stuck { socket: sock(2), dwell_ns: 5 * S }]
+            vec![Report::Stuck {
+                socket: sock(2),
+                dwell_ns: 5 * S
+            }]
         );
         let close = t.on_event(1, exit(1, 110 * S, 9));
         assert!(matches!(
@@ -484,13 +502,21 @@ mod tests {
         // The scan no longer lists 1 (its exit was lost) and lists 2 (its
         // entry was lost).
         let reports = t.finish_scan(
-            vec![Found { id: 2, socket: sock(2), age_ns: Some(2 * S) }],
+            vec![Found {
+                id: 2,
+                socket: sock(2),
+                age_ns: Some(2 * S),
+            }],
             10 * S,
             false,
         );
         assert!(matches!(
             reports.as_slice(),
-            [Report::Close { to: None, lower_bound: true, .. }]
+            [Report::Close {
+                to: None,
+                lower_bound: true,
+                ..
+            }]
         ));
         assert_eq!(t.len(), 1);
         let s = t.totals();
@@ -516,7 +542,11 @@ mod tests {
         t.begin_scan(10 * S);
         t.on_event(4, exit(4, 11 * S, 9)); // the scan saw it still in CLOSE_WAIT
         t.finish_scan(
-            vec![Found { id: 4, socket: sock(4), age_ns: Some(9 * S) }],
+            vec![Found {
+                id: 4,
+                socket: sock(4),
+                age_ns: Some(9 * S),
+            }],
             12 * S,
             false,
         );
