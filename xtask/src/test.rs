@@ -27,7 +27,14 @@ pub fn test(args: &TestArgs) -> Result<()> {
 
     let mut steps = vec![(
         "host unit tests",
-        cargo_test(&["--workspace", "--exclude", "closewait-ebpf"]),
+        // Unit tests only: the kernel tests need root and run one at a time below.
+        cargo_test(&[
+            "--workspace",
+            "--exclude",
+            "closewait-ebpf",
+            "--lib",
+            "--bins",
+        ]),
     )];
     if !args.unit_only {
         let mut kernel = cargo_test(&[
@@ -45,6 +52,7 @@ pub fn test(args: &TestArgs) -> Result<()> {
             cargo_test(&[
                 "-p",
                 "closewait-user",
+                "--bins",
                 "--",
                 "--ignored",
                 "--test-threads=1",
