@@ -1,0 +1,397 @@
+//! Root-only tests: the real binary, the real kernel, real sockets in network
+//! namespaces made for each test. Run one at a time:
+//! `cargo test -p closewait-user --test kernel -- --test-threads=1`
+//! (`cargo xtask test` does).
+
+mod support;
+
+use std::{
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use support::{NetNs, Tracer};
+
+const S: Duration = Duration::from_secs(1);
+
+fn localhost4() -> IpAddr {
+    IpAddr::from([127, 0, 0, 1])
+}
+
+/// The scenario the tool exists for: the client closes, the server never
+/// does. Entry, stuck on time, then the server closes: LAST_ACK and a dwell
+/// within 50 ms of the real one.
+fn stuck_then_closed(addr: IpAddr, family: &str, attach: &[&str]) {
+    let ns = NetNs::new("stuck");
+    let listener = ns.listen(addr);
+    let port = listener.local_addr().unwrap().port();
+    let mut args = vec!["--threshold", "500ms", "--all"];
+    args.extend_from_slice(attach);
+    let port_arg = port.to_string();
+    args.extend_from_slice(&["--port", &port_arg]);
+    let mut tracer = Tracer::start(&args);
+
+    let (server, client_port) = ns.stuck_pair(&listener);
+    let fin_at = Instant::now();
+    let is_ours = |v: &serde_json::Value| v["lport"] == port && v["rport"] == client_port;
+
+    let enter = tracer.expect("enter", 5 * S, |v| v["event"] == "enter" && is_ours(v));
+    assert_eq!(enter["family"], family);
+    assert_eq!(enter["old_state"], "ESTABLISHED");
+    let want_addr = addr.to_string();
+    assert_eq!(enter["laddr"], want_addr.as_str());
+    assert_eq!(enter["raddr"], want_addr.as_str());
+
+    let stuck = tracer.expect("stuck", 5 * S, |v| v["event"] == "stuck" && is_ours(v));
+    let stuck_ms = stuck["dwell_ms"].as_f64().expect("dwell_ms");
+    assert!(
+        (500.0..1000.0).contains(&stuck_ms),
+        "flagged on time after 500 ms, got {stuck_ms} ms"
+    );
+
+    std::thread::sleep(S); // the stuck time itself, not a wait for an event
+    drop(server);
+    let real_ms = fin_at.elapsed().as_secs_f64() * 1000.0;
+    let close = tracer.expect("close", 5 * S, |v| v["event"] == "close" && is_ours(v));
+    assert_eq!(close["new_state"], "LAST_ACK");
+    let dwell_ms = close["dwell_ms"].as_f64().expect("dwell_ms");
+    assert!(
+        (dwell_ms - real_ms).abs() < 50.0,
+        "dwell {dwell_ms} ms vs real {real_ms} ms"
+    );
+    for field in ["family", "laddr", "lport", "raddr", "rport", "ts"] {
+        assert!(!close[field].is_null(), "close lacks {field}: {close}");
+    }
+    if attach.is_empty() {
+        assert_eq!(close["cookie"], enter["cookie"]);
+        assert!(close["cookie"].as_u64().unwrap() > 0);
+        assert_eq!(close["netns"], ns.inode());
+    } else {
+        // The classic tracepoint carries neither.
+        assert!(
+            close["cookie"].is_null() && close["netns"].is_null(),
+            "{close}"
+        );
+    }
+    let summary = tracer.interrupt();
+    assert_eq!(summary["entered"], 1, "{summary}");
+    assert_eq!(summary["closed"], 1, "{summary}");
+    assert_eq!(summary["stuck"], 1, "{summary}");
+    assert_eq!(summary["still_stuck"], 0, "{summary}");
+    assert_eq!(summary["lost"], 0, "{summary}");
+}
+
+#[test]
+fn server_that_never_closes_ipv4() {
+    stuck_then_closed(localhost4(), "ipv4", &[]);
+}
+
+#[test]
+fn server_that_never_closes_ipv6() {
+    stuck_then_closed(IpAddr::V6(Ipv6Addr::LOCALHOST), "ipv6", &[]);
+}
+
+#[test]
+fn classic_tracepoint_fallback_mounts_tracefs_and_works() {
+    // Start as at boot, with tracefs unmounted (when nothing else holds it);
+    // the fallback mounts it itself.
+    let unmounted = support::unmount_tracefs();
+    stuck_then_closed(localhost4(), "ipv4", &["--attach", "tracepoint"]);
+    if unmounted {
+        assert!(support::tracefs_mounted(), "the tracer mounted tracefs");
+    }
+}
+
+#[test]
+fn ipv4_mapped_socket_is_shown_as_ipv4() {
+    // A dual-stack listener on [::] accepting an IPv4 client: the accepted
+    // socket is AF_INET6 with ::ffff:127.0.0.1 addresses.
+    let ns = NetNs::new("mapped");
+    let listener = ns.listen(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+    let port = listener.local_addr().unwrap().port();
+    let mut tracer = Tracer::start(&["--threshold", "200ms", "--port", &port.to_string()]);
+    let client = ns.connect(SocketAddr::new(localhost4(), port));
+    let (server, _) = listener.accept().unwrap();
+    drop(client);
+    let stuck = tracer.expect("stuck", 5 * S, |v| {
+        v["event"] == "stuck" && v["lport"] == port
+    });
+    assert_eq!(stuck["family"], "ipv4");
+    assert_eq!(stuck["laddr"], "127.0.0.1");
+    drop(server);
+    tracer.expect("close", 5 * S, |v| {
+        v["event"] == "close" && v["lport"] == port
+    });
+}
+
+#[test]
+fn socket_stuck_before_start_is_reported_as_existing() {
+    let ns = NetNs::new("existing");
+    let listener = ns.listen(localhost4());
+    let port = listener.local_addr().unwrap().port();
+    let (server, client_port) = ns.stuck_pair(&listener);
+    let fin_at = Instant::now();
+    std::thread::sleep(1500 * Duration::from_millis(1)); // let it age
+
+    let mut tracer = Tracer::start(&["--threshold", "1s", "--port", &port.to_string()]);
+    let age_at_start_ms = fin_at.elapsed().as_secs_f64() * 1000.0;
+    let existing = tracer.expect("existing", 5 * S, |v| {
+        v["event"] == "existing" && v["lport"] == port && v["rport"] == client_port
+    });
+    let dwell = existing["dwell_ms"].as_f64().unwrap();
+    assert!(
+        dwell <= age_at_start_ms + 5.0 && dwell >= 1400.0,
+        "a true lower bound near the real age: {dwell} ms, real >= {age_at_start_ms} ms"
+    );
+    assert_eq!(existing["stuck"], true, "older than the threshold");
+    assert_eq!(existing["netns"], ns.inode());
+    assert!(existing["cookie"].as_u64().unwrap() > 0);
+
+    drop(server);
+    let close = tracer.expect("close", 5 * S, |v| {
+        v["event"] == "close" && v["lport"] == port
+    });
+    assert_eq!(close["new_state"], "LAST_ACK");
+    assert!(close["dwell_ms"].as_f64().unwrap() >= dwell);
+    let summary = tracer.interrupt();
+    assert_eq!(summary["existing"], 1, "{summary}");
+    assert_eq!(summary["closed"], 1, "{summary}");
+}
+
+#[test]
+fn sockets_in_other_namespaces_found_at_start_and_traced_live() {
+    let a = NetNs::new("ns-a");
+    let b = NetNs::new("ns-b");
+    let la = a.listen(localhost4());
+    let lb = b.listen(localhost4());
+    let (pa, pb) = (
+        la.local_addr().unwrap().port(),
+        lb.local_addr().unwrap().port(),
+    );
+    let (held_a, _) = a.stuck_pair(&la);
+    let mut tracer = Tracer::start(&[
+        "--threshold",
+        "300ms",
+        "--port",
+        &pa.to_string(),
+        "--port",
+        &pb.to_string(),
+    ]);
+    let existing = tracer.expect("existing in A", 5 * S, |v| {
+        v["event"] == "existing" && v["lport"] == pa
+    });
+    assert_eq!(existing["netns"], a.inode());
+    let (held_b, _) = b.stuck_pair(&lb);
+    let stuck = tracer.expect("live stuck in B", 5 * S, |v| {
+        v["event"] == "stuck" && v["lport"] == pb
+    });
+    assert_eq!(stuck["netns"], b.inode());
+    assert_ne!(a.inode(), b.inode());
+    drop((held_a, held_b));
+    tracer.expect("close in A", 5 * S, |v| {
+        v["event"] == "close" && v["lport"] == pa
+    });
+    tracer.expect("close in B", 5 * S, |v| {
+        v["event"] == "close" && v["lport"] == pb
+    });
+}
+
+#[test]
+fn port_filter_excludes_other_traffic() {
+    let ns = NetNs::new("ports");
+    let watched = ns.listen(localhost4());
+    let other = ns.listen(localhost4());
+    let (wp, op) = (
+        watched.local_addr().unwrap().port(),
+        other.local_addr().unwrap().port(),
+    );
+    let mut tracer = Tracer::start(&["--all", "--port", &wp.to_string()]);
+    // Traffic on the other port first, then a marker on the watched port:
+    // events arrive in order, so once the marker is in, anything from the
+    // other port would be too.
+    let (o1, _) = ns.stuck_pair(&other);
+    drop(o1);
+    let (w1, _) = ns.stuck_pair(&watched);
+    tracer.expect("marker on the watched port", 5 * S, |v| {
+        v["event"] == "enter" && v["lport"] == wp
+    });
+    let leaked: Vec<_> = tracer
+        .seen()
+        .iter()
+        .filter(|v| v["lport"] == op || v["rport"] == op)
+        .cloned()
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "events for the unwatched port: {leaked:?}"
+    );
+    drop(w1);
+    let summary = tracer.interrupt();
+    assert_eq!(summary["entered"], 1, "{summary}");
+}
+
+#[test]
+fn duration_ends_the_run_with_a_correct_summary() {
+    let ns = NetNs::new("duration");
+    let listener = ns.listen(localhost4());
+    let port = listener.local_addr().unwrap().port();
+    let started = Instant::now();
+    let mut tracer = Tracer::start(&[
+        "--duration",
+        "3s",
+        "--threshold",
+        "500ms",
+        "--port",
+        &port.to_string(),
+    ]);
+    let (quick, _) = ns.stuck_pair(&listener);
+    drop(quick); // closes at once: entered and closed, never stuck
+    let (held, held_port) = ns.stuck_pair(&listener);
+    tracer.expect("stuck", 5 * S, |v| {
+        v["event"] == "stuck" && v["rport"] == held_port
+    });
+    let (summary, status) = tracer.wait_exit(10 * S);
+    assert!(status.success(), "exit status {status}");
+    let ran = started.elapsed();
+    assert!(ran >= 3 * S && ran < 8 * S, "ran {ran:?} for --duration 3s");
+    assert_eq!(summary["entered"], 2, "{summary}");
+    assert_eq!(summary["closed"], 1, "{summary}");
+    assert_eq!(summary["stuck"], 1, "{summary}");
+    assert_eq!(summary["still_stuck"], 1, "{summary}");
+    assert_eq!(
+        summary["still_stuck_sockets"][0]["rport"], held_port,
+        "{summary}"
+    );
+    assert_eq!(summary["lost"], 0, "{summary}");
+    let p50 = summary["dwell_ms"]["p50"]
+        .as_f64()
+        .expect("a dwell percentile");
+    assert!(p50 < 100.0, "the quick close took {p50} ms");
+    assert_eq!(summary["dwell_ms"]["count"], 1);
+    drop(held);
+}
+
+#[test]
+fn sigint_ends_the_run_with_a_summary() {
+    let ns = NetNs::new("sigint");
+    let listener = ns.listen(localhost4());
+    let port = listener.local_addr().unwrap().port();
+    let mut tracer = Tracer::start(&["--threshold", "200ms", "--port", &port.to_string()]);
+    let (held, _) = ns.stuck_pair(&listener);
+    tracer.expect("stuck", 5 * S, |v| {
+        v["event"] == "stuck" && v["lport"] == port
+    });
+    let summary = tracer.interrupt();
+    assert_eq!(summary["stuck"], 1, "{summary}");
+    assert_eq!(summary["still_stuck"], 1, "{summary}");
+    drop(held);
+}
+
+/// With a one-page ring buffer and the agent stopped, a burst overflows the
+/// buffer: the loss is counted and reported, and reconciliation against the
+/// kernel's socket table still finds every stuck socket, then every close.
+#[test]
+fn lost_events_are_reported_and_reconciled() {
+    const N: usize = 300;
+    support::raise_fd_limit();
+    let ns = NetNs::new("lost");
+    let listener = ns.listen(localhost4());
+    let port = listener.local_addr().unwrap().port();
+    let mut tracer = Tracer::start(&[
+        "--threshold",
+        "1s",
+        "--ring-buffer-size",
+        "4096",
+        "--reconcile-interval",
+        "60s",
+        "--port",
+        &port.to_string(),
+    ]);
+    let pairs: Vec<_> = (0..N).map(|_| ns.connected_pair(&listener)).collect();
+    tracer.pause();
+    let servers: Vec<_> = pairs
+        .into_iter()
+        .map(|(client, server)| {
+            drop(client);
+            server
+        })
+        .collect();
+    tracer.resume();
+    let lost = tracer.expect("lost", 5 * S, |v| v["event"] == "lost");
+    assert_eq!(lost["reason"], "ringbuf_full");
+    assert!(lost["count"].as_u64().unwrap() > 0, "{lost}");
+    // Every socket is flagged, those whose entry was lost included.
+    for i in 0..N {
+        tracer.expect(&format!("stuck #{i}"), 10 * S, |v| {
+            v["event"] == "stuck" && v["lport"] == port
+        });
+    }
+    // Now lose the exits too.
+    tracer.pause();
+    drop(servers);
+    tracer.resume();
+    for i in 0..N {
+        tracer.expect(&format!("close #{i}"), 10 * S, |v| {
+            v["event"] == "close" && v["lport"] == port
+        });
+    }
+    let summary = tracer.interrupt();
+    assert_eq!(summary["stuck"], N, "{summary}");
+    assert_eq!(summary["closed"], N, "{summary}");
+    assert_eq!(summary["still_stuck"], 0, "{summary}");
+    assert!(summary["lost"].as_u64().unwrap() >= lost["count"].as_u64().unwrap());
+    assert!(
+        summary["recovered_enters"].as_u64().unwrap() > 0,
+        "{summary}"
+    );
+    assert!(
+        summary["recovered_exits"].as_u64().unwrap() > 0,
+        "{summary}"
+    );
+}
+
+#[test]
+fn text_output_shows_aligned_lines_and_summary() {
+    let ns = NetNs::new("text");
+    let listener = ns.listen(localhost4());
+    let port = listener.local_addr().unwrap().port();
+    let mut tracer = Tracer::start_text(&["--threshold", "200ms", "--port", &port.to_string()]);
+    let (held, client_port) = ns.stuck_pair(&listener);
+    let endpoint = format!("127.0.0.1:{port}");
+    let line = tracer.expect_line("STUCK line", 5 * S, |l| {
+        l.contains(" STUCK ") && l.contains(&endpoint)
+    });
+    assert!(line.contains(&format!("127.0.0.1:{client_port}")), "{line}");
+    let text = tracer.interrupt_text();
+    assert!(text.contains("Summary ("), "{text}");
+    assert!(text.contains("flagged stuck"), "{text}");
+    assert!(text.contains("Still stuck:"), "{text}");
+    drop(held);
+}
+
+#[test]
+fn bad_flags_fail_with_one_line() {
+    for args in [
+        &["--threshold", "soon"][..],
+        &["--port", "99999"],
+        &["--duration", "0s"],
+        &["-4", "-6"],
+        &["--no-such-flag"],
+    ] {
+        let out = support::run_to_end(args, false);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("closewait-trace: error:"), "{stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn unprivileged_user_gets_a_clear_error() {
+    let out = support::run_to_end(&["--duration", "1s"], true);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("needs root"), "{stderr}");
+}

@@ -1,0 +1,389 @@
+//! Helpers for the kernel tests: network namespaces, socket pairs in them,
+//! and the real binary driven through its JSON (or text) stream.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::{
+    collections::VecDeque,
+    fs::File,
+    io::{BufRead, BufReader, Read},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc::{self, Receiver, RecvTimeoutError},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_closewait-trace");
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the kernel tests need root: run `sudo -E cargo xtask test`"
+    );
+}
+
+fn sh(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace with loopback up, deleted on drop.
+pub struct NetNs {
+    name: String,
+    inode: u64,
+}
+
+impl NetNs {
+    pub fn new(tag: &str) -> NetNs {
+        require_root();
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "cwt-{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        sh("ip", &["netns", "add", &name]);
+        sh("ip", &["-n", &name, "link", "set", "lo", "up"]);
+        let inode = std::fs::metadata(format!("/run/netns/{name}"))
+            .expect("netns file")
+            .ino();
+        NetNs { name, inode }
+    }
+
+    pub fn inode(&self) -> u64 {
+        self.inode
+    }
+
+    /// Run `f` on a thread inside the namespace. Sockets it creates belong to
+    /// the namespace and can be used from any thread afterwards.
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = File::open(&path).expect("open netns");
+                // SAFETY: valid fd; affects only this thread.
+                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("netns thread")
+        })
+    }
+
+    /// A listener on `addr`, any port.
+    pub fn listen(&self, addr: IpAddr) -> TcpListener {
+        self.enter(|| TcpListener::bind(SocketAddr::new(addr, 0)).expect("bind"))
+    }
+
+    pub fn connect(&self, addr: SocketAddr) -> TcpStream {
+        self.enter(|| TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// (client, accepted server side).
+    pub fn connected_pair(&self, listener: &TcpListener) -> (TcpStream, TcpStream) {
+        let client = self.connect(listener.local_addr().unwrap());
+        let (server, _) = listener.accept().expect("accept");
+        (client, server)
+    }
+
+    /// The client closes; the returned server side, never closed, sits in
+    /// CLOSE_WAIT until dropped. Also returns the client's port.
+    pub fn stuck_pair(&self, listener: &TcpListener) -> (TcpStream, u16) {
+        let (client, server) = self.connected_pair(listener);
+        let client_port = client.local_addr().unwrap().port();
+        drop(client);
+        (server, client_port)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// The real binary, running.
+pub struct Tracer {
+    child: Child,
+    lines: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+    json: bool,
+    /// Received but not yet matched by an `expect`.
+    pending: VecDeque<String>,
+    /// Everything received.
+    seen: Vec<String>,
+}
+
+impl Tracer {
+    /// Start with `--json` and wait for the `start` event.
+    pub fn start(args: &[&str]) -> Tracer {
+        let mut t = Tracer::spawn(args, true);
+        t.expect("start", Duration::from_secs(20), |v| v["event"] == "start");
+        let first: Value = serde_json::from_str(&t.seen[0]).expect("JSON");
+        assert_eq!(first["event"], "start", "start is the first line");
+        t
+    }
+
+    /// Start with text output and wait for the banner.
+    pub fn start_text(args: &[&str]) -> Tracer {
+        let mut t = Tracer::spawn(args, false);
+        t.expect_line("banner", Duration::from_secs(20), |l| {
+            l.contains("watching TCP CLOSE_WAIT")
+        });
+        t
+    }
+
+    fn spawn(args: &[&str], json: bool) -> Tracer {
+        require_root();
+        let mut cmd = Command::new(BIN);
+        if json {
+            cmd.arg("--json");
+        }
+        let mut child = cmd
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn closewait-trace");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err_pipe = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Tracer {
+            child,
+            lines,
+            stderr,
+            json,
+            pending: VecDeque::new(),
+            seen: Vec::new(),
+        }
+    }
+
+    /// Every event received so far.
+    pub fn seen(&self) -> Vec<Value> {
+        self.seen
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The first not-yet-matched JSON event satisfying `pred`, waiting up to
+    /// `timeout` for it. Panics with what came instead.
+    pub fn expect(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        assert!(self.json, "expect() needs --json; use expect_line()");
+        let line = self.wait_for(what, timeout, |l| {
+            serde_json::from_str::<Value>(l)
+                .map(|v| pred(&v))
+                .unwrap_or(false)
+        });
+        serde_json::from_str(&line).expect("valid JSON")
+    }
+
+    /// The first not-yet-matched text line satisfying `pred`.
+    pub fn expect_line(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
+        self.wait_for(what, timeout, pred)
+    }
+
+    fn wait_for(&mut self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.pending.iter().position(|l| pred(l)) {
+                return self.pending.remove(i).expect("index is valid");
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if self.json {
+                        assert!(
+                            serde_json::from_str::<Value>(&line).is_ok(),
+                            "stdout line is not JSON: {line}"
+                        );
+                    }
+                    self.seen.push(line.clone());
+                    self.pending.push_back(line);
+                }
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "expected {what} within {timeout:?}; got:\n{}\nstderr:\n{}",
+                    self.seen.join("\n"),
+                    self.stderr.lock().unwrap()
+                ),
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "expected {what}, but the tracer exited ({:?}); got:\n{}\nstderr:\n{}",
+                    self.child.wait(),
+                    self.seen.join("\n"),
+                    self.stderr.lock().unwrap()
+                ),
+            }
+        }
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: plain kill(2) on our own child.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    }
+
+    /// Stop the agent (SIGSTOP): the kernel keeps producing, nobody drains.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    /// SIGINT, then the summary; asserts a clean exit.
+    pub fn interrupt(mut self) -> Value {
+        self.signal(libc::SIGINT);
+        let (summary, status) = self.wait_exit(Duration::from_secs(10));
+        assert!(status.success(), "exit status after SIGINT: {status}");
+        summary
+    }
+
+    /// SIGINT, then all text output; asserts a clean exit.
+    pub fn interrupt_text(mut self) -> String {
+        self.signal(libc::SIGINT);
+        let status = self.drain_until_exit(Duration::from_secs(10));
+        assert!(status.success(), "exit status after SIGINT: {status}");
+        self.seen.join("\n")
+    }
+
+    /// Wait for the process to end by itself; returns its `summary` event.
+    pub fn wait_exit(&mut self, timeout: Duration) -> (Value, ExitStatus) {
+        let status = self.drain_until_exit(timeout);
+        let summary = self.expect("summary", Duration::from_millis(1), |v| {
+            v["event"] == "summary"
+        });
+        let last: Value = serde_json::from_str(self.seen.last().expect("a line")).expect("JSON");
+        assert_eq!(last["event"], "summary", "the summary is the last line");
+        (summary, status)
+    }
+
+    fn drain_until_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    self.pending.push_back(line);
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "the tracer did not exit within {timeout:?}; got:\n{}",
+                        self.seen.join("\n")
+                    )
+                }
+            }
+        }
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run the binary to completion (optionally as an unprivileged user).
+pub fn run_to_end(args: &[&str], unprivileged: bool) -> Output {
+    let mut cmd = if unprivileged {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            BIN,
+        ]);
+        c
+    } else {
+        Command::new(BIN)
+    };
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run closewait-trace")
+}
+
+/// Lift RLIMIT_NOFILE to its hard limit for tests with many sockets.
+pub fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointer.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+}
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+pub fn tracefs_mounted() -> bool {
+    std::path::Path::new(TRACEFS).join("events").is_dir()
+}
+
+/// Unmount tracefs if it is mounted and not busy; true when it is now
+/// unmounted.
+pub fn unmount_tracefs() -> bool {
+    if tracefs_mounted() {
+        let _ = Command::new("umount").arg(TRACEFS).status();
+    }
+    !tracefs_mounted()
+}
