@@ -316,7 +316,7 @@ impl Tracker {
                 )
             })
             .collect();
-        still_stuck.sort_by(|a, b| b.1.cmp(&a.1));
+        still_stuck.sort_by_key(|s| std::cmp::Reverse(s.1));
         let h = &self.dwell_us;
         let dwell = (!h.is_empty()).then(|| Percentiles {
             p50_ns: h.value_at_quantile(0.50) * 1_000,
