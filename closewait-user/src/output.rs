@@ -98,7 +98,9 @@ impl<W: Write> Output<W> {
                 socket, dwell_ns, ..
             } => ("existing", socket, Some(*dwell_ns), now_ns),
             Report::Enter { socket, ts_ns, .. } => ("enter", socket, None, *ts_ns),
-            Report::Stuck { socket, dwell_ns } => ("stuck", socket, Some(*dwell_ns), now_ns),
+            Report::Stuck {
+                socket, dwell_ns, ..
+            } => ("stuck", socket, Some(*dwell_ns), now_ns),
             Report::Close {
                 socket,
                 dwell_ns,
@@ -122,7 +124,9 @@ impl<W: Write> Output<W> {
                 Report::Enter { from, .. } => {
                     obj.insert("old_state".into(), tcp_state::name(*from).into());
                 }
-                Report::Stuck { .. } => {}
+                Report::Stuck { lower_bound, .. } => {
+                    obj.insert("lower_bound".into(), (*lower_bound).into());
+                }
                 Report::Close {
                     to, lower_bound, ..
                 } => {
@@ -132,16 +136,22 @@ impl<W: Write> Output<W> {
             }
             return self.line(Value::Object(obj));
         }
-        let dwell = match (report, dwell) {
-            (Report::Existing { .. }, Some(d)) => format!(">={}", human_duration(d)),
-            (
-                Report::Close {
-                    lower_bound: true, ..
-                },
-                Some(d),
-            ) => format!(">={}", human_duration(d)),
-            (_, Some(d)) => human_duration(d),
-            (_, None) => "-".into(),
+        let lower_bound = matches!(
+            report,
+            Report::Existing { .. }
+                | Report::Stuck {
+                    lower_bound: true,
+                    ..
+                }
+                | Report::Close {
+                    lower_bound: true,
+                    ..
+                }
+        );
+        let dwell = match dwell {
+            Some(d) if lower_bound => format!(">={}", human_duration(d)),
+            Some(d) => human_duration(d),
+            None => "-".into(),
         };
         let details = match report {
             Report::Existing { stuck: true, .. } => "stuck ".to_string(),
@@ -484,6 +494,7 @@ mod tests {
                 &Report::Stuck {
                     socket: socket(),
                     dwell_ns: 5 * S,
+                    lower_bound: false,
                 },
                 105 * S,
             )
@@ -503,6 +514,20 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "10:00:05.000 STUCK        5.00s  10.0.0.1:8080          10.0.0.2:51234         netns=4026531840 cookie=4242");
         assert_eq!(lines[1], "10:00:12.000 CLOSE       12.00s  10.0.0.1:8080          10.0.0.2:51234         -> LAST_ACK netns=4026531840 cookie=4242");
+    }
+
+    #[test]
+    fn lower_bound_dwell_is_marked() {
+        let stuck = Report::Stuck {
+            socket: socket(),
+            dwell_ns: 5 * S,
+            lower_bound: true,
+        };
+        let text = render(false, |o| o.report(&stuck, 105 * S).unwrap());
+        assert!(text.contains(" >=5.00s "), "{text}");
+        let json = render(true, |o| o.report(&stuck, 105 * S).unwrap());
+        let v: Value = serde_json::from_str(json.trim()).unwrap();
+        assert_eq!(v["lower_bound"], true);
     }
 
     #[test]

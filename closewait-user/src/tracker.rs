@@ -26,8 +26,13 @@ pub enum Report {
         from: u8,
         ts_ns: u64,
     },
-    /// Passed the threshold.
-    Stuck { socket: Socket, dwell_ns: u64 },
+    /// Passed the threshold. `lower_bound`: the dwell is a lower bound (a
+    /// socket found by a scan).
+    Stuck {
+        socket: Socket,
+        dwell_ns: u64,
+        lower_bound: bool,
+    },
     /// Left CLOSE_WAIT. `to` is `None` when the exit was missed and found by
     /// reconciliation.
     Close {
@@ -223,6 +228,7 @@ impl Tracker {
             out.push(Report::Stuck {
                 socket: entry.socket.clone(),
                 dwell_ns: now_ns.saturating_sub(entry.enter_ns),
+                lower_bound: entry.lower_bound,
             });
         }
         out
@@ -400,7 +406,8 @@ mod tests {
             stuck,
             vec![Report::Stuck {
                 socket: sock(7),
-                dwell_ns: 5 * S + 2 * MS
+                dwell_ns: 5 * S + 2 * MS,
+                lower_bound: false,
             }]
         );
         assert!(t.poll_stuck(20 * S).is_empty(), "flagged once");
@@ -478,7 +485,8 @@ mod tests {
             t.poll_stuck(104 * S),
             vec![Report::Stuck {
                 socket: sock(2),
-                dwell_ns: 5 * S
+                dwell_ns: 5 * S,
+                lower_bound: true,
             }]
         );
         let close = t.on_event(1, exit(1, 110 * S, 9));
