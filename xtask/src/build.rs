@@ -10,9 +10,9 @@ use crate::{cmd, setup};
 
 #[derive(clap::Args)]
 pub struct BuildArgs {
-    /// Use the release profile (default: debug)
+    /// Use the debug profile (default: release, the build to run on a real host)
     #[arg(long)]
-    release: bool,
+    debug: bool,
 }
 
 /// Runs setup, builds closewait-trace, and returns the path of the binary.
@@ -23,11 +23,11 @@ pub fn build(args: &BuildArgs) -> Result<PathBuf> {
     cargo
         .env("RUSTC_BOOTSTRAP", "1")
         .args(["build", "-p", "closewait-user"]);
-    if args.release {
+    if !args.debug {
         cargo.arg("--release");
     }
     cmd::run_echoed(&mut cargo)?;
-    let profile = if args.release { "release" } else { "debug" };
+    let profile = if args.debug { "debug" } else { "release" };
     Ok(target_dir().join(profile).join("closewait-trace"))
 }
 

@@ -23,7 +23,7 @@ enum Task {
     Setup,
     /// Run setup, then build closewait-trace (`cargo build -p closewait-user`)
     Build(build::BuildArgs),
-    /// Build (debug unless --release), then run target/<profile>/closewait-trace with ARGS,
+    /// Build (release unless --debug), then run target/<profile>/closewait-trace with ARGS,
     /// through sudo when not root; exits with its exit code
     Run {
         #[command(flatten)]
