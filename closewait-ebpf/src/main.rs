@@ -99,6 +99,13 @@ fn try_btf(ctx: &BtfTracePointContext) -> Result<(), ()> {
     Ok(())
 }
 
+/// The benchmark floor: the same hook, no work. Loaded only by
+/// `--attach empty`, to measure what attaching anything at all costs.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_empty(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state_tp(ctx: TracePointContext) -> u32 {
     match try_tp(&ctx) {

@@ -50,8 +50,9 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
     pub reconcile_interval: Duration,
 
-    /// Force an attach point instead of the best available (for testing the
-    /// fallback).
+    /// Force an attach point instead of the best available: `tp-btf`,
+    /// `tracepoint` (the fallback, for testing it), or `empty` (benchmarks:
+    /// an empty program on the same hook).
     #[arg(long, value_enum, hide = true)]
     pub attach: Option<AttachMode>,
 }

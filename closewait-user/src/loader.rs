@@ -30,6 +30,9 @@ pub enum AttachMode {
     TpBtf,
     /// Classic tracepoint (fallback without BTF): no cookie, no netns.
     Tracepoint,
+    /// Benchmarks only: an empty program on the BTF tracepoint (the cost
+    /// floor of attaching anything there). Reports nothing.
+    Empty,
 }
 
 impl AttachMode {
@@ -37,6 +40,7 @@ impl AttachMode {
         match self {
             AttachMode::TpBtf => "tp_btf",
             AttachMode::Tracepoint => "tracepoint",
+            AttachMode::Empty => "empty",
         }
     }
 
@@ -86,8 +90,8 @@ impl Probe {
         }
         let btf_present = Path::new(VMLINUX_BTF).exists();
         let mode = match opts.attach {
-            Some(AttachMode::TpBtf) if !btf_present => {
-                bail!("--attach tp-btf needs kernel BTF, and {VMLINUX_BTF} does not exist")
+            Some(AttachMode::TpBtf | AttachMode::Empty) if !btf_present => {
+                bail!("this attach mode needs kernel BTF, and {VMLINUX_BTF} does not exist")
             }
             Some(mode) => mode,
             None if btf_present => AttachMode::TpBtf,
@@ -97,7 +101,7 @@ impl Probe {
             }
         };
         match mode {
-            AttachMode::TpBtf => match Self::load_btf(opts) {
+            AttachMode::TpBtf => match Self::load_btf(opts, AttachMode::TpBtf) {
                 Ok(probe) => Ok(probe),
                 Err(err) if opts.attach.is_none() => {
                     eprintln!("closewait-trace: BTF tracepoint unavailable ({err:#}); falling back to the classic tracepoint");
@@ -106,23 +110,28 @@ impl Probe {
                 Err(err) => Err(err),
             },
             AttachMode::Tracepoint => Self::load_tracepoint(opts),
+            AttachMode::Empty => Self::load_btf(opts, AttachMode::Empty),
         }
     }
 
-    fn load_btf(opts: &LoadOptions) -> anyhow::Result<Probe> {
+    fn load_btf(opts: &LoadOptions, mode: AttachMode) -> anyhow::Result<Probe> {
         let offsets = kernel_btf::sock_offsets(Path::new(VMLINUX_BTF))?;
         let mut ebpf = loader(opts)
             .override_global("SOCK_OFFSETS", &offsets, true)
             .load(OBJECT)
             .context("loading the kernel object")?;
         let btf = Btf::from_sys_fs().context("parsing kernel BTF")?;
-        let prog: &mut BtfTracePoint = program(&mut ebpf, "inet_sock_set_state_btf")?;
+        let name = match mode {
+            AttachMode::Empty => "inet_sock_set_state_empty",
+            _ => "inet_sock_set_state_btf",
+        };
+        let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
         prog.load(TRACEPOINT, &btf)
             .map_err(|e| load_error(e, "the BTF tracepoint program"))?;
         prog.attach()
             .context("attaching to the BTF tracepoint inet_sock_set_state")?;
         let prog_fd = prog.fd()?.try_clone()?;
-        Self::finish(ebpf, AttachMode::TpBtf, prog_fd)
+        Self::finish(ebpf, mode, prog_fd)
     }
 
     fn load_tracepoint(opts: &LoadOptions) -> anyhow::Result<Probe> {
