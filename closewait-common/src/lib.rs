@@ -76,6 +76,9 @@ pub struct StateEvent {
     pub saddr: [u8; 16],
     /// Remote address, same layout as `saddr`.
     pub daddr: [u8; 16],
+    /// Inode of the socket's file (`socket:[N]` in /proc/PID/fd); 0 when
+    /// unknown (no BTF, or the socket has no file).
+    pub inode: u64,
 }
 
 impl StateEvent {
@@ -95,6 +98,7 @@ impl StateEvent {
             dport: 0,
             saddr: [0; 16],
             daddr: [0; 16],
+            inode: 0,
         }
     }
 
@@ -107,7 +111,7 @@ impl StateEvent {
 }
 
 // No implicit padding, and 8-byte aligned records.
-const _: () = assert!(core::mem::size_of::<StateEvent>() == 72);
+const _: () = assert!(core::mem::size_of::<StateEvent>() == 80);
 const _: () = assert!(core::mem::align_of::<StateEvent>() == 8);
 
 /// Why a ring-buffer record could not be decoded.
@@ -159,8 +163,10 @@ pub mod counter {
     pub const RINGBUF_FULL: u32 = 0;
     /// A kernel read (`bpf_probe_read_kernel`) failed, so the event was dropped.
     pub const READ_FAILED: u32 = 1;
+    /// A creation stack could not be recorded (`bpf_get_stackid` failed).
+    pub const STACK_FAILED: u32 = 2;
     /// Number of counters.
-    pub const COUNT: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 /// Marks an offset the kernel does not have (the field is skipped).
@@ -185,6 +191,11 @@ pub struct SockOffsets {
     pub skc_net: u32,
     /// `struct net` -> `ns.inum`.
     pub net_inum: u32,
+    /// `sk_socket`: the `struct socket *`.
+    pub sk_socket: u32,
+    /// From a `struct socket *` to its inode number: the inode follows the
+    /// socket in `struct socket_alloc`.
+    pub socket_ino: u32,
 }
 
 impl SockOffsets {
@@ -199,6 +210,8 @@ impl SockOffsets {
         skc_v6_daddr: NO_OFFSET,
         skc_net: NO_OFFSET,
         net_inum: NO_OFFSET,
+        sk_socket: NO_OFFSET,
+        socket_ino: NO_OFFSET,
     };
 }
 
@@ -251,6 +264,10 @@ pub struct Config {
     /// Wake the agent only once this many bytes wait in the ring buffer;
     /// otherwise it drains on its own timer.
     pub wakeup_bytes: u32,
+    /// Non-zero: record the user stack of every connect() and accept().
+    pub stacks: u32,
+    /// Offset of `ret` in the `syscalls/sys_exit_accept*` tracepoint record.
+    pub accept_ret: u32,
 }
 
 impl Config {
@@ -258,6 +275,8 @@ impl Config {
         ports: [0; MAX_KERNEL_PORTS],
         n_ports: 0,
         wakeup_bytes: 0,
+        stacks: 0,
+        accept_ret: NO_OFFSET,
     };
 
     /// Whether an event with these ports passes the port filter.
@@ -277,6 +296,34 @@ impl Config {
     }
 }
 
+/// How a socket came to be, recorded when it was created.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CreationKind {
+    /// connect(): recorded at CLOSE -> SYN_SENT, in the caller's context.
+    Connect = 1,
+    /// accept()/accept4(): recorded at the syscall's exit.
+    Accept = 2,
+}
+
+/// A creation record: who created the socket, when, and from which code.
+/// Keyed by cookie for connect(), by `tgid << 32 | fd` for accept().
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Creation {
+    pub ts_ns: u64,
+    /// Id in the `STACKS` map; negative: the capture failed (-errno).
+    pub user_stack_id: i64,
+    pub tgid: u32,
+    /// [`CreationKind`] as u32.
+    pub kind: u32,
+}
+
+/// The key of an accept() creation record.
+pub const fn accept_key(tgid: u32, fd: u32) -> u64 {
+    ((tgid as u64) << 32) | fd as u64
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all are repr(C) plain data with no implicit padding.
@@ -284,6 +331,7 @@ mod pod {
     unsafe impl aya::Pod for super::SockOffsets {}
     unsafe impl aya::Pod for super::TpOffsets {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::Creation {}
 }
 
 #[cfg(test)]
@@ -303,6 +351,7 @@ mod tests {
         ev.dport = 51234;
         ev.saddr = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
         ev.daddr = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        ev.inode = 123_456;
         ev
     }
 

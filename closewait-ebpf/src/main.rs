@@ -11,15 +11,19 @@
 use core::ptr::read_volatile;
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     cty::c_void,
-    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
     macros::{btf_tracepoint, map, tracepoint},
-    maps::{PerCpuArray, RingBuf},
-    programs::{BtfTracePointContext, TracePointContext},
+    maps::{LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    programs::{tracing::StackIdContext, BtfTracePointContext, TracePointContext},
 };
 use closewait_common::{
-    counter, tcp_state::CLOSE_WAIT, Config, SockOffsets, StateEvent, TpOffsets, AF_INET, AF_INET6,
+    accept_key, counter,
+    tcp_state::{CLOSE, CLOSE_WAIT, SYN_SENT},
+    Config, Creation, CreationKind, SockOffsets, StateEvent, TpOffsets, AF_INET, AF_INET6,
     IPPROTO_TCP, NO_OFFSET,
 };
 
@@ -30,6 +34,18 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 /// Per-CPU drop counters, indexed by `closewait_common::counter`.
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// User stacks of the code that created sockets (deduplicated by the kernel).
+#[map]
+static STACKS: StackTrace = StackTrace::with_max_entries(4096, 0);
+
+/// connect() creation records, by socket cookie.
+#[map]
+static CONNECTS: LruHashMap<u64, Creation> = LruHashMap::with_max_entries(65536, 0);
+
+/// accept() creation records, by `tgid << 32 | fd`.
+#[map]
+static ACCEPTS: LruHashMap<u64, Creation> = LruHashMap::with_max_entries(65536, 0);
 
 // Read-only globals, written by the loader before load (like libbpf's
 // `const volatile`). Always read through `read_volatile` so the compiler does
@@ -59,6 +75,9 @@ fn try_btf(ctx: &BtfTracePointContext) -> Result<(), ()> {
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
     if old != CLOSE_WAIT_I32 && new != CLOSE_WAIT_I32 {
+        if new == SYN_SENT as i32 && old == CLOSE as i32 {
+            return record_connect(ctx);
+        }
         return Ok(());
     }
     let sk: *const u8 = ctx.arg(0);
@@ -91,12 +110,82 @@ fn try_btf(ctx: &BtfTracePointContext) -> Result<(), ()> {
         let net: *const u8 = read(sk, off.skc_net)?;
         ev.netns = read(net, off.net_inum)?;
     }
+    if off.sk_socket != NO_OFFSET && off.socket_ino != NO_OFFSET {
+        let socket: *const u8 = read(sk, off.sk_socket)?;
+        if !socket.is_null() {
+            ev.inode = read(socket, off.socket_ino)?;
+        }
+    }
     ev.skaddr = sk as u64;
     // SAFETY: `sk` is the tracepoint's BTF-typed `struct sock *` argument.
     ev.cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     submit(&ev);
     Ok(())
+}
+
+/// CLOSE -> SYN_SENT runs inside connect(), in the caller's context: the
+/// current task is the socket's creator and its user stack is the call site.
+#[inline(always)]
+fn record_connect(ctx: &BtfTracePointContext) -> Result<(), ()> {
+    if config().stacks == 0 {
+        return Ok(());
+    }
+    let sk: *const u8 = ctx.arg(0);
+    let off = unsafe { read_volatile(&SOCK_OFFSETS) };
+    if read::<u16>(sk, off.sk_protocol)? != IPPROTO_TCP {
+        return Ok(());
+    }
+    // SAFETY: `sk` is the tracepoint's BTF-typed `struct sock *` argument.
+    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    let creation = creation(ctx, CreationKind::Connect);
+    if CONNECTS.insert(cookie, creation, 0).is_err() {
+        bump(counter::STACK_FAILED);
+    }
+    Ok(())
+}
+
+/// accept() and accept4() return the new socket's fd, in the caller's
+/// context: record its user stack under (tgid, fd).
+#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    let cfg = config();
+    if cfg.stacks == 0 {
+        return 0;
+    }
+    // SAFETY: the offset comes from this kernel's format file.
+    let Ok(fd) = (unsafe { ctx.read_at::<i64>(cfg.accept_ret as usize) }) else {
+        return 0;
+    };
+    if fd < 0 {
+        return 0;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let creation = creation(&ctx, CreationKind::Accept);
+    if ACCEPTS
+        .insert(accept_key(tgid, fd as u32), creation, 0)
+        .is_err()
+    {
+        bump(counter::STACK_FAILED);
+    }
+    0
+}
+
+#[inline(always)]
+fn creation<C: StackIdContext>(ctx: &C, kind: CreationKind) -> Creation {
+    let user_stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+        Ok(id) => id,
+        Err(err) => {
+            bump(counter::STACK_FAILED);
+            err as i64
+        }
+    };
+    Creation {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        user_stack_id,
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        kind: kind as u32,
+    }
 }
 
 /// The benchmark floor: the same hook, no work. Loaded only by
