@@ -32,6 +32,18 @@ pub struct Cli {
     #[arg(short = '6', long = "ipv6")]
     pub ipv6: bool,
 
+    /// Only sockets held by process PID (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Only sockets held by a process named NAME (its comm; repeatable).
+    #[arg(long = "comm", value_name = "NAME")]
+    pub comms: Vec<String>,
+
+    /// Do not record creation stacks (turns the capture off in the kernel).
+    #[arg(long)]
+    pub no_stacks: bool,
+
     /// Also show every entry into and exit from CLOSE_WAIT.
     #[arg(long)]
     pub all: bool,
@@ -153,6 +165,11 @@ mod tests {
         assert_eq!(cli.ports, vec![80, 443]);
         assert_eq!(cli.family(), Some(Family::V6));
         assert!(cli.all && cli.json);
+        let cli =
+            args(&["--pid", "42", "--pid", "43", "--comm", "api", "--no-stacks"]).expect("valid");
+        assert_eq!(cli.pids, vec![42, 43]);
+        assert_eq!(cli.comms, vec!["api".to_string()]);
+        assert!(cli.no_stacks);
     }
 
     #[test]
@@ -165,6 +182,8 @@ mod tests {
             &["-4", "-6"],
             &["--bogus"],
             &["--ring-buffer-size", "5000"],
+            &["--pid", "-1"],
+            &["--pid", "x"],
         ] {
             let err = args(bad).expect_err(&format!("{bad:?} must be rejected"));
             let line = one_line_error(&err);

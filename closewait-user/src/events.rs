@@ -35,6 +35,8 @@ pub struct Socket {
     pub rport: u16,
     /// Network namespace inode; `None` when unknown.
     pub netns: Option<u32>,
+    /// Inode of the socket's file (`socket:[N]`); `None` when unknown.
+    pub inode: Option<u64>,
 }
 
 impl Socket {
@@ -58,6 +60,7 @@ impl Socket {
             raddr,
             rport,
             netns,
+            inode: None,
         }
     }
 
@@ -127,6 +130,10 @@ impl Observed {
             ev.dport,
             (ev.netns != 0).then_some(ev.netns),
         );
+        let socket = Socket {
+            inode: (ev.inode != 0).then_some(ev.inode),
+            ..socket
+        };
         Some(Observed {
             ts_ns: ev.ts_ns,
             transition,

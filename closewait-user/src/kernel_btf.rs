@@ -43,8 +43,20 @@ pub fn sock_offsets(path: &Path) -> Result<SockOffsets, OffsetError> {
         skc_v6_daddr: sock("__sk_common.skc_v6_daddr").unwrap_or(NO_OFFSET),
         skc_net: sock("__sk_common.skc_net.net").unwrap_or(NO_OFFSET),
         net_inum: field_offset(&btf, "net", "ns.inum").unwrap_or(NO_OFFSET),
+        // For owner lookup by inode; without them owners are found by a scan.
+        sk_socket: sock("sk_socket").unwrap_or(NO_OFFSET),
+        socket_ino: socket_ino(&btf).unwrap_or(NO_OFFSET),
     };
     Ok(offsets)
+}
+
+/// From a `struct socket *` to its inode's `i_ino`: sockets live in a
+/// `struct socket_alloc { struct socket socket; struct inode vfs_inode; }`.
+fn socket_ino(btf: &Btf) -> Result<u32, OffsetError> {
+    let socket = field_offset(btf, "socket_alloc", "socket")?;
+    let inode = field_offset(btf, "socket_alloc", "vfs_inode")?;
+    let ino = field_offset(btf, "inode", "i_ino")?;
+    Ok(inode + ino - socket)
 }
 
 /// Byte offset of a dotted field path (`a.b.c`) in struct `ty`, looking
@@ -136,5 +148,7 @@ mod tests {
         assert!(off.sk_protocol > off.skc_v6_rcv_saddr);
         assert_ne!(off.skc_net, NO_OFFSET);
         assert_ne!(off.net_inum, NO_OFFSET);
+        assert_ne!(off.sk_socket, NO_OFFSET);
+        assert!(off.socket_ino > 0 && off.socket_ino != NO_OFFSET);
     }
 }

@@ -9,11 +9,11 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{BtfTracePoint, ProgramError, ProgramFd, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
-use closewait_common::{counter, Config, TpOffsets, MAX_KERNEL_PORTS};
+use closewait_common::{counter, Config, Creation, TpOffsets, MAX_KERNEL_PORTS, NO_OFFSET};
 
 use crate::{kernel_btf, tracefs};
 
@@ -55,6 +55,8 @@ pub struct LoadOptions {
     pub attach: Option<AttachMode>,
     pub ports: Vec<u16>,
     pub ring_buffer_bytes: u32,
+    /// Record creation stacks (connect/accept) in the kernel.
+    pub stacks: bool,
 }
 
 /// Events the kernel could not deliver, as running totals.
@@ -62,9 +64,19 @@ pub struct LoadOptions {
 pub struct Drops {
     pub ringbuf_full: u64,
     pub read_failed: u64,
+    /// Creation stacks that could not be recorded (not events: the socket
+    /// is still reported, without its stack).
+    pub stack_failed: u64,
     /// Runs the kernel skipped because a BPF program was already running on
     /// that CPU (bpf_prog_info.recursion_misses).
     pub recursion_misses: u64,
+}
+
+impl Drops {
+    /// Events lost, all reasons together (stack failures are not events).
+    pub fn events_lost(&self) -> u64 {
+        self.ringbuf_full + self.read_failed + self.recursion_misses
+    }
 }
 
 /// The loaded, attached program.
@@ -73,6 +85,17 @@ pub struct Probe {
     pub events: RingBuf<MapData>,
     /// Owns the program and its link: dropping it detaches.
     pub counters: DropCounters,
+    /// Creation records and stacks; `None` with `--no-stacks`.
+    pub creations: Option<Creations>,
+}
+
+/// The kernel's creation records (who created a socket, from which code).
+pub struct Creations {
+    pub stacks: StackTraceMap<MapData>,
+    /// By socket cookie.
+    pub connects: HashMap<MapData, u64, Creation>,
+    /// By `accept_key(tgid, fd)`.
+    pub accepts: HashMap<MapData, u64, Creation>,
 }
 
 /// The kernel's drop counters, and the program they belong to.
@@ -116,7 +139,9 @@ impl Probe {
 
     fn load_btf(opts: &LoadOptions, mode: AttachMode) -> anyhow::Result<Probe> {
         let offsets = kernel_btf::sock_offsets(Path::new(VMLINUX_BTF))?;
-        let mut ebpf = loader(opts)
+        let stacks = opts.stacks && mode == AttachMode::TpBtf;
+        let accept_ret = if stacks { accept_ret_offset() } else { None };
+        let mut ebpf = loader(opts, accept_ret)
             .override_global("SOCK_OFFSETS", &offsets, true)
             .load(OBJECT)
             .context("loading the kernel object")?;
@@ -131,14 +156,22 @@ impl Probe {
         prog.attach()
             .context("attaching to the BTF tracepoint inet_sock_set_state")?;
         let prog_fd = prog.fd()?.try_clone()?;
-        Self::finish(ebpf, mode, prog_fd)
+        if accept_ret.is_some() {
+            attach_accept(&mut ebpf);
+        }
+        Self::finish(ebpf, mode, prog_fd, stacks)
     }
 
     fn load_tracepoint(opts: &LoadOptions) -> anyhow::Result<Probe> {
         let root = tracefs::ensure_mounted()
             .context("no kernel BTF and no tracefs: closewait-trace needs one of them to attach")?;
         let offsets: TpOffsets = tracefs::tracepoint_offsets(&root)?;
-        let mut ebpf = loader(opts)
+        let accept_ret = if opts.stacks {
+            accept_ret_offset()
+        } else {
+            None
+        };
+        let mut ebpf = loader(opts, accept_ret)
             .override_global("TP_OFFSETS", &offsets, true)
             .load(OBJECT)
             .context("loading the kernel object")?;
@@ -148,14 +181,35 @@ impl Probe {
         prog.attach("sock", TRACEPOINT)
             .context("attaching to the tracepoint sock:inet_sock_set_state")?;
         let prog_fd = prog.fd()?.try_clone()?;
-        Self::finish(ebpf, AttachMode::Tracepoint, prog_fd)
+        if accept_ret.is_some() {
+            attach_accept(&mut ebpf);
+        }
+        Self::finish(ebpf, AttachMode::Tracepoint, prog_fd, opts.stacks)
     }
 
-    fn finish(mut ebpf: Ebpf, mode: AttachMode, prog_fd: ProgramFd) -> anyhow::Result<Probe> {
-        let events = RingBuf::try_from(ebpf.take_map("EVENTS").context("no EVENTS map")?)?;
-        let counters =
-            PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("no COUNTERS map")?)?;
+    fn finish(
+        mut ebpf: Ebpf,
+        mode: AttachMode,
+        prog_fd: ProgramFd,
+        stacks: bool,
+    ) -> anyhow::Result<Probe> {
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .with_context(|| format!("no {name} map"))
+        };
+        let events = RingBuf::try_from(take("EVENTS")?)?;
+        let counters = PerCpuArray::try_from(take("COUNTERS")?)?;
+        let creations = if stacks {
+            Some(Creations {
+                stacks: StackTraceMap::try_from(take("STACKS")?)?,
+                connects: HashMap::try_from(take("CONNECTS")?)?,
+                accepts: HashMap::try_from(take("ACCEPTS")?)?,
+            })
+        } else {
+            None
+        };
         Ok(Probe {
+            creations,
             mode,
             events,
             counters: DropCounters {
@@ -175,13 +229,14 @@ impl DropCounters {
         Ok(Drops {
             ringbuf_full: sum(counter::RINGBUF_FULL)?,
             read_failed: sum(counter::READ_FAILED)?,
+            stack_failed: sum(counter::STACK_FAILED)?,
             recursion_misses: recursion_misses(&self.prog_fd)?,
         })
     }
 }
 
 /// The loader with the settings both attach modes share.
-fn loader(opts: &LoadOptions) -> EbpfLoader<'static> {
+fn loader(opts: &LoadOptions, accept_ret: Option<u32>) -> EbpfLoader<'static> {
     let mut config = Config::DEFAULT;
     if opts.ports.len() <= MAX_KERNEL_PORTS {
         config.ports[..opts.ports.len()].copy_from_slice(&opts.ports);
@@ -189,6 +244,10 @@ fn loader(opts: &LoadOptions) -> EbpfLoader<'static> {
     }
     // Beyond that the kernel passes every port and the agent filters.
     config.wakeup_bytes = opts.ring_buffer_bytes / 4;
+    if opts.stacks && opts.attach != Some(AttachMode::Empty) {
+        config.stacks = 1;
+        config.accept_ret = accept_ret.unwrap_or(NO_OFFSET);
+    }
     let mut loader = EbpfLoader::new();
     // EbpfLoader borrows the value for its own lifetime; leak the few bytes
     // once so the loader can be returned.
@@ -197,6 +256,37 @@ fn loader(opts: &LoadOptions) -> EbpfLoader<'static> {
         .override_global("CONFIG", config, true)
         .map_max_entries("EVENTS", opts.ring_buffer_bytes);
     loader
+}
+
+/// Where `ret` is in the accept syscall tracepoints, which need tracefs.
+/// `None` (with a warning): accepted sockets will have no creation stack.
+fn accept_ret_offset() -> Option<u32> {
+    match tracefs::ensure_mounted().and_then(|root| tracefs::accept_ret_offset(&root)) {
+        Ok(offset) => Some(offset),
+        Err(err) => {
+            eprintln!(
+                "closewait-trace: warning: no creation stacks for accepted sockets ({err:#})"
+            );
+            None
+        }
+    }
+}
+
+/// Attach the accept() stack recorder to sys_exit_accept4 and sys_exit_accept.
+/// Best effort: without it accepted sockets are reported without a stack.
+fn attach_accept(ebpf: &mut Ebpf) {
+    let result = (|| -> anyhow::Result<()> {
+        let prog: &mut TracePoint = program(ebpf, "sys_exit_accept")?;
+        prog.load()
+            .map_err(|e| load_error(e, "the accept() stack recorder"))?;
+        prog.attach("syscalls", "sys_exit_accept4")?;
+        // Not every architecture has plain accept(); accept4 is enough there.
+        let _ = prog.attach("syscalls", "sys_exit_accept");
+        Ok(())
+    })();
+    if let Err(err) = result {
+        eprintln!("closewait-trace: warning: no creation stacks for accepted sockets ({err:#})");
+    }
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>

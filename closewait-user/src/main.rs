@@ -1,18 +1,23 @@
 //! closewait-trace: wiring only. See the modules for the logic.
 
 mod cli;
+mod context;
 mod events;
 mod existing;
 mod kernel_btf;
 mod loader;
 mod output;
+mod owner;
 mod privileges;
+mod stacks;
 mod tracefs;
 mod tracker;
 
 use std::{
+    collections::{HashMap, HashSet, VecDeque},
     io::{self, BufWriter, Write},
     process::ExitCode,
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -27,6 +32,7 @@ use tokio::{
 
 use crate::{
     cli::Cli,
+    context::Context,
     events::{Filter, Observed, Socket},
     existing::{ScanError, ScanResult, ScannedSocket},
     loader::{Drops, LoadOptions, Probe},
@@ -37,6 +43,8 @@ use crate::{
 /// How often the ring buffer is drained when the kernel does not wake us
 /// (it only does when the buffer fills up: a wakeup costs ~12 us).
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+/// At exit, how long to wait for owner and stack lookups still running.
+const CONTEXT_PATIENCE: Duration = Duration::from_secs(2);
 /// How often the kernel's drop counters are read.
 const DROP_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -84,14 +92,55 @@ fn mono_now() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Only sockets held by these processes (`--pid`, `--comm`); empty: all.
+#[derive(Default)]
+struct OwnerFilter {
+    pids: Vec<u32>,
+    comms: Vec<String>,
+}
+
+impl OwnerFilter {
+    fn is_set(&self) -> bool {
+        !self.pids.is_empty() || !self.comms.is_empty()
+    }
+
+    fn matches(&self, ctx: Option<&Context>) -> bool {
+        if !self.is_set() {
+            return true;
+        }
+        ctx.is_some_and(|c| {
+            c.owners.iter().any(|o| {
+                (self.pids.is_empty() || self.pids.contains(&o.pid))
+                    && (self.comms.is_empty() || self.comms.contains(&o.comm))
+            })
+        })
+    }
+}
+
+/// A report waiting, in order, for the context of its socket.
+struct Pending {
+    report: Report,
+    at_ns: u64,
+    /// The tracker id whose context must arrive first.
+    needs: Option<u64>,
+}
+
 /// Per-run state the event loop shares with its helpers.
 struct Agent<W: Write> {
     tracker: Tracker,
     filter: Filter,
+    owner_filter: OwnerFilter,
     cookies: bool,
     out: Output<W>,
     /// Records the agent could not decode (a version mismatch; never expected).
     decode_errors: u64,
+    /// Reports in output order; the head waits for its context.
+    queue: VecDeque<Pending>,
+    /// Owners and stacks of reported sockets still in CLOSE_WAIT.
+    contexts: HashMap<u64, Arc<Context>>,
+    /// Asked of the resolver, not answered yet.
+    requested: HashSet<u64>,
+    resolver: std::sync::mpsc::Sender<context::Request>,
 }
 
 impl<W: Write> Agent<W> {
@@ -114,10 +163,10 @@ impl<W: Write> Agent<W> {
             let id = obs.socket.id(self.cookies);
             let ts = obs.ts_ns;
             if let Some(report) = self.tracker.on_event(id, obs) {
-                self.out.report(&report, ts)?;
+                self.emit(report, ts);
             }
         }
-        Ok(())
+        self.flush()
     }
 
     /// Reconcile with a finished scan. Drain the ring buffer first, so every
@@ -132,9 +181,82 @@ impl<W: Write> Agent<W> {
         self.tracker.finish_scan(found, mono_now(), startup)
     }
 
-    fn print(&mut self, reports: &[Report], now_ns: u64) -> io::Result<()> {
+    /// Queue a report. Existing and stuck sockets get their owners and
+    /// creation stack looked up first; the close of such a socket reuses
+    /// what was found then (its owner may be gone by now).
+    fn emit(&mut self, report: Report, at_ns: u64) {
+        let id = report.socket().id(self.cookies);
+        let needs = match &report {
+            Report::Existing { .. } | Report::Stuck { .. } => {
+                if !self.contexts.contains_key(&id) && self.requested.insert(id) {
+                    let request = context::Request {
+                        id,
+                        socket: report.socket().clone(),
+                    };
+                    if self.resolver.send(request).is_err() {
+                        self.requested.remove(&id);
+                    }
+                }
+                Some(id)
+            }
+            Report::Close { .. }
+                if self.contexts.contains_key(&id) || self.requested.contains(&id) =>
+            {
+                Some(id)
+            }
+            _ => None,
+        };
+        self.queue.push_back(Pending {
+            report,
+            at_ns,
+            needs,
+        });
+    }
+
+    fn emit_all(&mut self, reports: Vec<Report>, at_ns: u64) -> io::Result<()> {
         for report in reports {
-            self.out.report(report, now_ns)?;
+            self.emit(report, at_ns);
+        }
+        self.flush()
+    }
+
+    fn on_context(&mut self, response: context::Response) -> io::Result<()> {
+        self.requested.remove(&response.id);
+        self.contexts.insert(response.id, response.context);
+        self.flush()
+    }
+
+    /// Print queued reports whose context is in, in order.
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_inner(false)
+    }
+
+    /// At exit: print everything, with or without context.
+    fn flush_all(&mut self) -> io::Result<()> {
+        self.flush_inner(true)
+    }
+
+    fn flush_inner(&mut self, force: bool) -> io::Result<()> {
+        while let Some(head) = self.queue.front() {
+            let ready = head.needs.is_none_or(|id| !self.requested.contains(&id));
+            if !ready && !force {
+                break;
+            }
+            let Some(Pending {
+                report,
+                at_ns,
+                needs,
+            }) = self.queue.pop_front()
+            else {
+                break;
+            };
+            let ctx = needs.and_then(|id| self.contexts.get(&id).cloned());
+            if self.owner_filter.matches(ctx.as_deref()) {
+                self.out.report(&report, at_ns, ctx.as_deref())?;
+            }
+            if let (Report::Close { .. }, Some(id)) = (&report, needs) {
+                self.contexts.remove(&id); // gone from CLOSE_WAIT
+            }
         }
         Ok(())
     }
@@ -160,6 +282,10 @@ fn found_from_scan(s: &ScannedSocket, cookies: bool) -> Found {
         s.rport,
         Some(s.netns),
     );
+    let socket = Socket {
+        inode: (s.inode != 0).then_some(s.inode),
+        ..socket
+    };
     Found {
         id: socket.id(cookies),
         socket,
@@ -182,12 +308,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         attach: cli.attach,
         ports: cli.ports.clone(),
         ring_buffer_bytes: cli.ring_buffer_size,
+        stacks: !cli.no_stacks,
     })?;
     let Probe {
         mode,
         events,
         counters,
+        creations,
     } = probe;
+    let (ctx_tx, mut ctx_rx) = mpsc::unbounded_channel();
+    let resolver = context::spawn(creations, ctx_tx).context("starting the context thread")?;
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged
     // for as long as the AsyncFd owns the RingBuf.
     let mut rb = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
@@ -201,9 +331,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ports: cli.ports.clone(),
             family: cli.family(),
         },
+        owner_filter: OwnerFilter {
+            pids: cli.pids.clone(),
+            comms: cli.comms.clone(),
+        },
         cookies: mode.has_cookies(),
         out: Output::new(stdout, cli.json, clock),
         decode_errors: 0,
+        queue: VecDeque::new(),
+        contexts: HashMap::new(),
+        requested: HashSet::new(),
+        resolver,
     };
 
     // Start-up scan, after attach so nothing falls between the two.
@@ -229,7 +367,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         now,
     )?;
-    agent.print(&existing, now)?;
+    agent.emit_all(existing, now)?;
     agent.out.flush()?;
     let started = Instant::now();
 
@@ -257,6 +395,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 guard = rb.readable_mut() => guard?.clear_ready(),
                 _ = tick.tick() => {}
                 Some(res) = scan_rx.recv() => scan_done = Some(res),
+                Some(response) = ctx_rx.recv() => agent.on_context(response)?,
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
                 _ = &mut end => break,
@@ -267,7 +406,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 match res {
                     Ok(scan) => {
                         let reports = agent.reconcile(&scan, false);
-                        agent.print(&reports, mono_now())?;
+                        agent.emit_all(reports, mono_now())?;
                     }
                     Err(err) => {
                         eprintln!("closewait-trace: warning: reconciliation scan failed: {err}")
@@ -276,17 +415,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let now = mono_now();
             let stuck = agent.tracker.poll_stuck(now);
-            agent.print(&stuck, now)?;
+            agent.emit_all(stuck, now)?;
             let wall_now = Instant::now();
             if wall_now >= next_drop_check {
                 next_drop_check = wall_now + DROP_CHECK_INTERVAL;
                 let drops = counters.drops()?;
-                if drops != drops_seen {
+                if drops.events_lost() != drops_seen.events_lost() {
                     agent.out.lost(&delta(&drops, &drops_seen), now)?;
-                    drops_seen = drops;
                     // Lost events may hide an entry or an exit: check now.
                     next_scan = wall_now;
                 }
+                drops_seen = drops;
             }
             if wall_now >= next_scan && !scan_in_flight {
                 next_scan = wall_now + cli.reconcile_interval;
@@ -310,9 +449,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     agent.drain(rb.get_mut())?;
     let now = mono_now();
     let stuck = agent.tracker.poll_stuck(now);
-    agent.print(&stuck, now)?;
+    agent.emit_all(stuck, now)?;
+    // Give owner and stack lookups in flight a moment, then print the rest.
+    let patience = tokio::time::sleep(CONTEXT_PATIENCE);
+    tokio::pin!(patience);
+    while !agent.requested.is_empty() {
+        tokio::select! {
+            Some(response) = ctx_rx.recv() => agent.on_context(response)?,
+            _ = &mut patience => break,
+        }
+    }
+    agent.flush_all()?;
     let drops = counters.drops()?;
-    if drops != drops_seen {
+    if drops.events_lost() != drops_seen.events_lost() {
         agent.out.lost(&delta(&drops, &drops_seen), now)?;
     }
     drop(counters);
@@ -323,10 +472,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             agent.decode_errors
         );
     }
-    let summary = agent.tracker.summary(now);
+    let mut summary = agent.tracker.summary(now);
+    let owner_filter = &agent.owner_filter;
+    let contexts = &agent.contexts;
+    summary
+        .still_stuck
+        .retain(|st| owner_filter.matches(contexts.get(&st.id).map(|c| &**c)));
     agent
         .out
-        .summary(&summary, &drops, started.elapsed(), now)?;
+        .summary(&summary, &agent.contexts, &drops, started.elapsed(), now)?;
     agent.out.flush()?;
     Ok(())
 }
@@ -335,6 +489,7 @@ fn delta(now: &Drops, before: &Drops) -> Drops {
     Drops {
         ringbuf_full: now.ringbuf_full.saturating_sub(before.ringbuf_full),
         read_failed: now.read_failed.saturating_sub(before.read_failed),
+        stack_failed: now.stack_failed.saturating_sub(before.stack_failed),
         recursion_misses: now.recursion_misses.saturating_sub(before.recursion_misses),
     }
 }

@@ -2,8 +2,10 @@
 //! Diagnostics go to stderr elsewhere.
 
 use std::{
+    collections::HashMap,
     io::{self, Write},
     net::IpAddr,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -11,10 +13,16 @@ use closewait_common::tcp_state;
 use serde_json::{json, Map, Value};
 
 use crate::{
+    context::Context,
     events::Socket,
     loader::Drops,
+    owner::escape,
+    stacks::{app_frames, frame_label},
     tracker::{Report, Summary},
 };
+
+/// Innermost application frames shown on a text line.
+const TEXT_FRAMES: usize = 3;
 
 /// Maps kernel CLOCK_MONOTONIC timestamps to wall-clock time.
 #[derive(Clone, Copy, Debug)]
@@ -92,7 +100,14 @@ impl<W: Write> Output<W> {
         )
     }
 
-    pub fn report(&mut self, report: &Report, now_ns: u64) -> io::Result<()> {
+    /// One event. `ctx` (owners, creation stack) accompanies reported
+    /// sockets: existing, stuck, and their close.
+    pub fn report(
+        &mut self,
+        report: &Report,
+        now_ns: u64,
+        ctx: Option<&Context>,
+    ) -> io::Result<()> {
         let (event, socket, dwell, ts_ns) = match report {
             Report::Existing {
                 socket, dwell_ns, ..
@@ -134,6 +149,9 @@ impl<W: Write> Output<W> {
                     obj.insert("lower_bound".into(), (*lower_bound).into());
                 }
             }
+            if let Some(ctx) = ctx {
+                context_fields(&mut obj, ctx);
+            }
             return self.line(Value::Object(obj));
         }
         let lower_bound = matches!(
@@ -162,13 +180,21 @@ impl<W: Write> Output<W> {
         };
         let event = event.to_ascii_uppercase();
         let time = self.clock_time(ts_ns);
+        let owner = ctx.map(owner_text).unwrap_or_default();
         writeln!(
             self.out,
-            "{time:<12} {event:<8} {dwell:>9}  {:<22} {:<22} {details}{}",
+            "{time:<12} {event:<8} {dwell:>9}  {:<22} {:<22} {details}{owner}{}",
             endpoint(socket.laddr, socket.lport),
             endpoint(socket.raddr, socket.rport),
             ids(socket),
-        )
+        )?;
+        // The creation site once per socket: on its first report.
+        if let (Some(ctx), false) = (ctx, matches!(report, Report::Close { .. })) {
+            if let Some(site) = creation_text(ctx) {
+                writeln!(self.out, "{:<33}{site}", "")?;
+            }
+        }
+        Ok(())
     }
 
     /// Events the kernel could not deliver since the last call.
@@ -196,26 +222,38 @@ impl<W: Write> Output<W> {
         Ok(())
     }
 
+    /// The end-of-run summary. `contexts`: owners and stacks of the sockets
+    /// still stuck, by tracker id; the stuck ones are grouped by owner and
+    /// creation site, largest group first.
     pub fn summary(
         &mut self,
         s: &Summary,
+        contexts: &HashMap<u64, Arc<Context>>,
         drops: &Drops,
         ran: Duration,
         now_ns: u64,
     ) -> io::Result<()> {
-        let lost = drops.ringbuf_full + drops.read_failed + drops.recursion_misses;
+        let lost = drops.events_lost();
         let t = &s.totals;
+        let groups = group_stuck(s, contexts);
         if self.json {
             let still: Vec<Value> = s
                 .still_stuck
                 .iter()
-                .map(|(socket, dwell, lower_bound)| {
+                .map(|st| {
                     let mut obj = Map::new();
-                    socket_fields(&mut obj, socket);
-                    obj.insert("dwell_ms".into(), ms(*dwell));
-                    obj.insert("lower_bound".into(), (*lower_bound).into());
+                    socket_fields(&mut obj, &st.socket);
+                    obj.insert("dwell_ms".into(), ms(st.dwell_ns));
+                    obj.insert("lower_bound".into(), st.lower_bound.into());
+                    if let Some(ctx) = contexts.get(&st.id) {
+                        context_fields(&mut obj, ctx);
+                    }
                     Value::Object(obj)
                 })
+                .collect();
+            let groups: Vec<Value> = groups
+                .iter()
+                .map(|g| json!({"count": g.count, "pid": g.pid, "comm": g.comm, "created_at": g.site}))
                 .collect();
             let dwell = s.dwell.map(|p| {
                 json!({"p50": ms(p.p50_ns), "p90": ms(p.p90_ns), "p99": ms(p.p99_ns), "max": ms(p.max_ns), "count": p.count})
@@ -238,7 +276,9 @@ impl<W: Write> Output<W> {
                 "lost_by_reason": lost_by_reason,
                 "recovered_enters": t.recovered_enters,
                 "recovered_exits": t.recovered_exits,
+                "stacks_missed": drops.stack_failed,
                 "dwell_ms": dwell,
+                "stuck_groups": groups,
                 "still_stuck_sockets": still,
             }));
         }
@@ -277,20 +317,30 @@ impl<W: Write> Output<W> {
             )?,
             None => writeln!(o, "  {:<32} {:>10}", "dwell of closed sockets", "-")?,
         }
+        if !groups.is_empty() {
+            writeln!(o, "Stuck sockets by owner and creation site:")?;
+            for g in &groups {
+                writeln!(o, "  {}", g.sentence())?;
+            }
+        }
         if !s.still_stuck.is_empty() {
             writeln!(o, "Still stuck:")?;
-            for (socket, dwell, lower_bound) in &s.still_stuck {
-                let dwell = if *lower_bound {
-                    format!(">={}", human_duration(*dwell))
+            for st in &s.still_stuck {
+                let dwell = if st.lower_bound {
+                    format!(">={}", human_duration(st.dwell_ns))
                 } else {
-                    human_duration(*dwell)
+                    human_duration(st.dwell_ns)
                 };
+                let owner = contexts
+                    .get(&st.id)
+                    .map(|c| owner_text(c))
+                    .unwrap_or_default();
                 writeln!(
                     o,
-                    "  {dwell:>9}  {:<22} {:<22} {}",
-                    endpoint(socket.laddr, socket.lport),
-                    endpoint(socket.raddr, socket.rport),
-                    ids(socket)
+                    "  {dwell:>9}  {:<22} {:<22} {owner}{}",
+                    endpoint(st.socket.laddr, st.socket.lport),
+                    endpoint(st.socket.raddr, st.socket.rport),
+                    ids(&st.socket)
                 )?;
             }
         }
@@ -313,6 +363,139 @@ impl<W: Write> Output<W> {
     }
 }
 
+/// Stuck sockets sharing an owner and a creation site.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    pub count: usize,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    /// Innermost application frame of the creation stack.
+    pub site: Option<String>,
+}
+
+impl Group {
+    /// "17 stuck sockets, pid 4242 (api-server), created at pool::checkout (src/pool.rs:88)"
+    pub fn sentence(&self) -> String {
+        let noun = if self.count == 1 { "socket" } else { "sockets" };
+        let owner = match (self.pid, &self.comm) {
+            (Some(pid), Some(comm)) => format!("pid {pid} ({})", escape(comm)),
+            (Some(pid), None) => format!("pid {pid}"),
+            _ => "owner unknown".to_string(),
+        };
+        let site = match &self.site {
+            Some(site) => format!("created at {}", escape(site)),
+            None => "creation site unknown".to_string(),
+        };
+        format!("{} stuck {noun}, {owner}, {site}", self.count)
+    }
+}
+
+/// Group the still-stuck sockets by (pid, comm, creation site), largest first.
+pub fn group_stuck(s: &Summary, contexts: &HashMap<u64, Arc<Context>>) -> Vec<Group> {
+    // (pid, comm, site) -> count
+    type Key = (Option<u32>, Option<String>, Option<String>);
+    let mut counts: HashMap<Key, usize> = HashMap::new();
+    for st in &s.still_stuck {
+        let ctx = contexts.get(&st.id);
+        let owner = ctx.and_then(|c| c.primary());
+        let site = ctx
+            .and_then(|c| c.creation.as_ref())
+            .and_then(|c| c.stack.as_ref())
+            .and_then(|stack| app_frames(stack, 1).first().map(|f| frame_label(f)));
+        *counts
+            .entry((owner.map(|o| o.pid), owner.map(|o| o.comm.clone()), site))
+            .or_default() += 1;
+    }
+    let mut groups: Vec<Group> = counts
+        .into_iter()
+        .map(|((pid, comm, site), count)| Group {
+            count,
+            pid,
+            comm,
+            site,
+        })
+        .collect();
+    groups.sort_by(|a, b| b.count.cmp(&a.count).then(a.pid.cmp(&b.pid)));
+    groups
+}
+
+/// Owner and creation fields of a reported socket, for JSON.
+fn context_fields(obj: &mut Map<String, Value>, ctx: &Context) {
+    if let Some(inode) = ctx.inode {
+        obj.insert("inode".into(), inode.into());
+    }
+    let primary = ctx.primary();
+    obj.insert("pid".into(), primary.map(|o| o.pid).into());
+    obj.insert("comm".into(), primary.map(|o| o.comm.clone()).into());
+    obj.insert("fd".into(), primary.map(|o| o.fd).into());
+    obj.insert("cmdline".into(), primary.map(|o| o.cmdline.clone()).into());
+    obj.insert("uid".into(), primary.and_then(|o| o.uid).into());
+    obj.insert(
+        "cgroup".into(),
+        primary.and_then(|o| o.cgroup.clone()).into(),
+    );
+    obj.insert(
+        "container_id".into(),
+        primary.and_then(|o| o.container_id.clone()).into(),
+    );
+    obj.insert(
+        "owners".into(),
+        serde_json::to_value(&ctx.owners).unwrap_or(Value::Null),
+    );
+    let creation = ctx.creation.as_ref();
+    obj.insert(
+        "creation".into(),
+        creation.map_or(Value::Null, |c| json!({"kind": c.kind, "pid": c.pid})),
+    );
+    let stack = creation.and_then(|c| c.stack.as_ref());
+    obj.insert(
+        "stack".into(),
+        stack.map_or(Value::Null, |st| {
+            serde_json::to_value(&st.frames).unwrap_or(Value::Null)
+        }),
+    );
+    obj.insert(
+        "stack_truncated".into(),
+        stack.map(|st| st.truncated).into(),
+    );
+}
+
+/// ` pid=4242 comm=api-server fd=7` (escaped), for text lines.
+fn owner_text(ctx: &Context) -> String {
+    match ctx.primary() {
+        Some(o) => {
+            let more = match ctx.owners.len() {
+                0 | 1 => String::new(),
+                n => format!(" (+{} more)", n - 1),
+            };
+            format!("pid={} comm={} fd={}{more} ", o.pid, escape(&o.comm), o.fd)
+        }
+        None => "pid=? ".to_string(),
+    }
+}
+
+/// `created by connect() at a (f.c:1) <- b (f.c:9)`, for text lines.
+fn creation_text(ctx: &Context) -> Option<String> {
+    let c = ctx.creation.as_ref()?;
+    let Some(stack) = &c.stack else {
+        return Some(format!("created by {}() (stack not captured)", c.kind));
+    };
+    let frames: Vec<String> = app_frames(stack, TEXT_FRAMES)
+        .into_iter()
+        .map(frame_label)
+        .collect();
+    let mut text = format!("created by {}() at ", c.kind);
+    if frames.is_empty() {
+        text.push_str("(no application frames)");
+    } else {
+        text.push_str(&escape(&frames.join(" <- ")));
+    }
+    if stack.truncated {
+        text.push_str(" [stack cut short]");
+    }
+    Some(text)
+}
+
 fn drop_reasons(d: &Drops) -> [(&'static str, u64); 3] {
     [
         ("ringbuf_full", d.ringbuf_full),
@@ -329,6 +512,7 @@ fn socket_fields(obj: &mut Map<String, Value>, s: &Socket) {
     obj.insert("raddr".into(), s.raddr.to_string().into());
     obj.insert("rport".into(), s.rport.into());
     obj.insert("netns".into(), s.netns.into());
+    obj.insert("inode".into(), s.inode.into());
 }
 
 fn ids(s: &Socket) -> String {
@@ -377,7 +561,7 @@ mod tests {
     use super::*;
     use crate::{
         events::Family,
-        tracker::{Percentiles, Totals},
+        tracker::{Percentiles, StuckSocket, Totals},
     };
 
     const S: u64 = 1_000_000_000;
@@ -399,6 +583,7 @@ mod tests {
             raddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
             rport: 51234,
             netns: Some(4026531840),
+            inode: Some(99),
         }
     }
 
@@ -436,7 +621,7 @@ mod tests {
                 ts_ns: 101 * S,
                 lower_bound: false,
             };
-            o.report(&r, 102 * S).unwrap();
+            o.report(&r, 102 * S, None).unwrap();
         });
         let v: Value = serde_json::from_str(text.trim()).expect("one JSON object");
         assert_eq!(text.lines().count(), 1);
@@ -463,6 +648,7 @@ mod tests {
                     stuck: false,
                 },
                 100 * S,
+                None,
             )
             .unwrap();
             o.report(
@@ -474,6 +660,7 @@ mod tests {
                     lower_bound: true,
                 },
                 100 * S,
+                None,
             )
             .unwrap();
         });
@@ -497,6 +684,7 @@ mod tests {
                     lower_bound: false,
                 },
                 105 * S,
+                None,
             )
             .unwrap();
             o.report(
@@ -508,6 +696,7 @@ mod tests {
                     lower_bound: false,
                 },
                 112 * S,
+                None,
             )
             .unwrap();
         });
@@ -518,16 +707,148 @@ mod tests {
 
     #[test]
     fn lower_bound_dwell_is_marked() {
-        let stuck = Report::Stuck {
-            socket: socket(),
-            dwell_ns: 5 * S,
-            lower_bound: true,
-        };
-        let text = render(false, |o| o.report(&stuck, 105 * S).unwrap());
+        let stuck = stuck_report(true);
+        let text = render(false, |o| o.report(&stuck, 105 * S, None).unwrap());
         assert!(text.contains(" >=5.00s "), "{text}");
-        let json = render(true, |o| o.report(&stuck, 105 * S).unwrap());
+        let json = render(true, |o| o.report(&stuck, 105 * S, None).unwrap());
         let v: Value = serde_json::from_str(json.trim()).unwrap();
         assert_eq!(v["lower_bound"], true);
+    }
+
+    fn stuck_report(lower_bound: bool) -> Report {
+        Report::Stuck {
+            socket: socket(),
+            dwell_ns: 5 * S,
+            lower_bound,
+        }
+    }
+
+    fn context(comm: &str) -> Context {
+        use crate::{
+            context::CreationContext,
+            owner::Owner,
+            stacks::{Frame, Stack},
+        };
+        let owner = |pid, fd| Owner {
+            pid,
+            fd,
+            comm: comm.to_string(),
+            cmdline: format!("/usr/bin/{comm} --serve"),
+            uid: Some(1000),
+            cgroup: Some("/system.slice/api.service".to_string()),
+            container_id: None,
+        };
+        let frame = |addr, symbol: &str, line| Frame {
+            addr,
+            symbol: Some(symbol.to_string()),
+            file: Some("src/pool.rs".to_string()),
+            line: Some(line),
+            module: Some("/usr/bin/api".to_string()),
+        };
+        Context {
+            owners: vec![owner(4242, 7), owner(4243, 7)],
+            creation: Some(CreationContext {
+                kind: "connect",
+                pid: 4242,
+                stack: Some(Stack {
+                    frames: vec![
+                        frame(0x1000, "pool::checkout", 88),
+                        frame(0x2000, "main", 20),
+                    ],
+                    truncated: false,
+                }),
+            }),
+            inode: None,
+        }
+    }
+
+    #[test]
+    fn owner_and_stack_in_json_and_text() {
+        let ctx = context("api-server");
+        let stuck = stuck_report(false);
+        let json = render(true, |o| o.report(&stuck, 105 * S, Some(&ctx)).unwrap());
+        let v: Value = serde_json::from_str(json.trim()).unwrap();
+        assert_eq!(v["pid"], 4242);
+        assert_eq!(v["comm"], "api-server");
+        assert_eq!(v["fd"], 7);
+        assert_eq!(v["uid"], 1000);
+        assert_eq!(v["cgroup"], "/system.slice/api.service");
+        assert_eq!(v["container_id"], Value::Null);
+        assert_eq!(v["owners"].as_array().unwrap().len(), 2);
+        assert_eq!(v["creation"]["kind"], "connect");
+        assert_eq!(v["stack"][0]["symbol"], "pool::checkout");
+        assert_eq!(v["stack"][0]["line"], 88);
+        assert_eq!(v["stack_truncated"], false);
+        let text = render(false, |o| o.report(&stuck, 105 * S, Some(&ctx)).unwrap());
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].contains("pid=4242 comm=api-server fd=7 (+1 more)"),
+            "{text}"
+        );
+        assert_eq!(
+            lines[1].trim(),
+            "created by connect() at pool::checkout (src/pool.rs:88) <- main (src/pool.rs:20)"
+        );
+    }
+
+    #[test]
+    fn hostile_process_names_are_escaped_in_text() {
+        let ctx = context("evil\x1b[31mred");
+        let stuck = stuck_report(false);
+        let text = render(false, |o| o.report(&stuck, 105 * S, Some(&ctx)).unwrap());
+        assert!(!text.contains('\x1b'), "raw ESC in {text:?}");
+        assert!(text.contains("comm=evil\\x1b[31mred"), "{text}");
+        // JSON escapes control characters itself.
+        let json = render(true, |o| o.report(&stuck, 105 * S, Some(&ctx)).unwrap());
+        assert!(!json.contains('\x1b'));
+        let v: Value = serde_json::from_str(json.trim()).unwrap();
+        assert_eq!(v["comm"], "evil\x1b[31mred");
+    }
+
+    #[test]
+    fn summary_groups_stuck_sockets_by_owner_and_site() {
+        let st = |id| StuckSocket {
+            id,
+            socket: socket(),
+            dwell_ns: 20 * S,
+            lower_bound: false,
+        };
+        let summary = Summary {
+            totals: Totals::default(),
+            still_stuck: vec![st(1), st(2), st(3)],
+            in_close_wait: 3,
+            dwell: None,
+        };
+        let api = Arc::new(context("api-server"));
+        let contexts: HashMap<u64, Arc<Context>> = HashMap::from([
+            (1, api.clone()),
+            (2, api),
+            (3, Arc::new(Context::default())),
+        ]);
+        let groups = group_stuck(&summary, &contexts);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(
+            groups[0].sentence(),
+            "2 stuck sockets, pid 4242 (api-server), created at pool::checkout (src/pool.rs:88)"
+        );
+        assert_eq!(
+            groups[1].sentence(),
+            "1 stuck socket, owner unknown, creation site unknown"
+        );
+        let text = render(false, |o| {
+            o.summary(
+                &summary,
+                &contexts,
+                &Drops::default(),
+                Duration::from_secs(30),
+                130 * S,
+            )
+            .unwrap()
+        });
+        assert!(
+            text.contains("Stuck sockets by owner and creation site:\n  2 stuck sockets, pid 4242"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -540,7 +861,12 @@ mod tests {
                 stuck: 2,
                 ..Totals::default()
             },
-            still_stuck: vec![(socket(), 20 * S, false)],
+            still_stuck: vec![StuckSocket {
+                id: 1,
+                socket: socket(),
+                dwell_ns: 20 * S,
+                lower_bound: false,
+            }],
             in_close_wait: 2,
             dwell: Some(Percentiles {
                 p50_ns: S / 1000,
@@ -553,12 +879,23 @@ mod tests {
         let drops = Drops {
             ringbuf_full: 3,
             read_failed: 0,
+            stack_failed: 5,
             recursion_misses: 1,
         };
-        let text = render(true, |o| {
-            o.summary(&summary, &drops, Duration::from_secs(30), 130 * S)
+        let summarize = |json| {
+            render(json, |o| {
+                let contexts = HashMap::new();
+                o.summary(
+                    &summary,
+                    &contexts,
+                    &drops,
+                    Duration::from_secs(30),
+                    130 * S,
+                )
                 .unwrap()
-        });
+            })
+        };
+        let text = summarize(true);
         let v: Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(v["event"], "summary");
         assert_eq!(
@@ -570,15 +907,13 @@ mod tests {
             (Some(10), Some(9), Some(2))
         );
         assert_eq!(v["still_stuck"], 1);
-        assert_eq!(v["lost"], 4);
+        assert_eq!(v["lost"], 4, "stack failures are not lost events");
+        assert_eq!(v["stacks_missed"], 5);
         assert_eq!(v["lost_by_reason"]["ringbuf_full"], 3);
         assert_eq!(v["dwell_ms"]["p50"], 1.0);
         assert_eq!(v["dwell_ms"]["max"], 20000.0);
         assert_eq!(v["still_stuck_sockets"][0]["rport"], 51234);
-        let text = render(false, |o| {
-            o.summary(&summary, &drops, Duration::from_secs(30), 130 * S)
-                .unwrap()
-        });
+        let text = summarize(false);
         assert!(
             text.contains("  flagged stuck                             2\n"),
             "{text}"

@@ -49,19 +49,31 @@ pub fn tracepoint_offsets(root: &std::path::Path) -> anyhow::Result<TpOffsets> {
     parse_format(&text).with_context(|| format!("unexpected layout in {}", path.display()))
 }
 
+/// Offset of `ret` in the `syscalls/sys_exit_accept4` record (the same in
+/// `sys_exit_accept`).
+pub fn accept_ret_offset(root: &std::path::Path) -> anyhow::Result<u32> {
+    let path = root.join("events/syscalls/sys_exit_accept4/format");
+    let text = fs::read_to_string(&path)
+        .with_context(|| format!("no syscall tracepoints ({} unreadable)", path.display()))?;
+    field_offset(&text, "ret", 8)
+        .with_context(|| format!("unexpected layout in {}", path.display()))
+}
+
+fn field_offset(text: &str, name: &str, size: u32) -> anyhow::Result<u32> {
+    let (_, offset, actual) = text
+        .lines()
+        .filter_map(parse_field_line)
+        .find(|(n, _, _)| n == name)
+        .with_context(|| format!("no field `{name}`"))?;
+    if actual != size {
+        bail!("field `{name}` has size {actual}, expected {size}");
+    }
+    Ok(offset)
+}
+
 /// Parse a tracepoint `format` file into offsets, checking each field's size.
 pub fn parse_format(text: &str) -> anyhow::Result<TpOffsets> {
-    let fields: Vec<(String, u32, u32)> = text.lines().filter_map(parse_field_line).collect();
-    let get = |name: &str, size: u32| -> anyhow::Result<u32> {
-        let (_, offset, actual) = fields
-            .iter()
-            .find(|(n, _, _)| n == name)
-            .with_context(|| format!("no field `{name}`"))?;
-        if *actual != size {
-            bail!("field `{name}` has size {actual}, expected {size}");
-        }
-        Ok(*offset)
-    };
+    let get = |name: &str, size: u32| field_offset(text, name, size);
     Ok(TpOffsets {
         skaddr: get("skaddr", 8)?,
         oldstate: get("oldstate", 4)?,
@@ -144,6 +156,13 @@ print fmt: \"family=%s protocol=%s\"
                 daddr_v6: 56,
             }
         );
+    }
+
+    #[test]
+    fn finds_syscall_ret() {
+        let format = "\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n\tfield:long ret;\toffset:16;\tsize:8;\tsigned:1;\n";
+        assert_eq!(field_offset(format, "ret", 8).unwrap(), 16);
+        assert!(field_offset(format, "ret", 4).is_err());
     }
 
     #[test]

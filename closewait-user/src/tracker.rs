@@ -45,6 +45,17 @@ pub enum Report {
     },
 }
 
+impl Report {
+    pub fn socket(&self) -> &Socket {
+        match self {
+            Report::Existing { socket, .. }
+            | Report::Enter { socket, .. }
+            | Report::Stuck { socket, .. }
+            | Report::Close { socket, .. } => socket,
+        }
+    }
+}
+
 /// A socket in CLOSE_WAIT found by a sock_diag scan.
 #[derive(Clone, Debug)]
 pub struct Found {
@@ -75,13 +86,22 @@ pub struct Totals {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Summary {
     pub totals: Totals,
-    /// Sockets still in CLOSE_WAIT past the threshold, longest first:
-    /// (socket, dwell, dwell is a lower bound).
-    pub still_stuck: Vec<(Socket, u64, bool)>,
+    /// Sockets still in CLOSE_WAIT past the threshold, longest first.
+    pub still_stuck: Vec<StuckSocket>,
     /// Sockets still in CLOSE_WAIT, stuck or not.
     pub in_close_wait: usize,
     /// Dwell percentiles of sockets that closed with an exactly known dwell.
     pub dwell: Option<Percentiles>,
+}
+
+/// A socket still stuck at the end.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StuckSocket {
+    pub id: u64,
+    pub socket: Socket,
+    pub dwell_ns: u64,
+    /// The dwell is a lower bound.
+    pub lower_bound: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -310,19 +330,18 @@ impl Tracker {
     }
 
     pub fn summary(&self, now_ns: u64) -> Summary {
-        let mut still_stuck: Vec<(Socket, u64, bool)> = self
+        let mut still_stuck: Vec<StuckSocket> = self
             .table
-            .values()
-            .filter(|e| e.stuck)
-            .map(|e| {
-                (
-                    e.socket.clone(),
-                    now_ns.saturating_sub(e.enter_ns),
-                    e.lower_bound,
-                )
+            .iter()
+            .filter(|(_, e)| e.stuck)
+            .map(|(id, e)| StuckSocket {
+                id: *id,
+                socket: e.socket.clone(),
+                dwell_ns: now_ns.saturating_sub(e.enter_ns),
+                lower_bound: e.lower_bound,
             })
             .collect();
-        still_stuck.sort_by_key(|s| std::cmp::Reverse(s.1));
+        still_stuck.sort_by_key(|s| std::cmp::Reverse(s.dwell_ns));
         let h = &self.dwell_us;
         let dwell = (!h.is_empty()).then(|| Percentiles {
             p50_ns: h.value_at_quantile(0.50) * 1_000,
@@ -359,6 +378,7 @@ mod tests {
             raddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
             rport: port,
             netns: Some(1),
+            inode: None,
         }
     }
 

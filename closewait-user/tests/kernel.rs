@@ -395,3 +395,252 @@ fn unprivileged_user_gets_a_clear_error() {
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("needs root"), "{stderr}");
 }
+
+// ---- Owners and creation stacks ----
+
+fn symbols(v: &serde_json::Value) -> Vec<String> {
+    v["stack"]
+        .as_array()
+        .map(|frames| {
+            frames
+                .iter()
+                .filter_map(|f| f["symbol"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The owner fields of `v` describe `pid` holding the socket as `fd`, checked
+/// against /proc.
+fn assert_owner(v: &serde_json::Value, pid: u32, fd: u32, comm: &str) {
+    assert_eq!(v["pid"], pid, "{v}");
+    assert_eq!(v["fd"], fd, "{v}");
+    assert_eq!(v["comm"], comm, "{v}");
+    assert_eq!(v["uid"], 0, "{v}");
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).expect("the fd exists");
+    assert_eq!(
+        link.to_str().unwrap(),
+        format!("socket:[{}]", v["inode"]),
+        "the reported fd holds the reported socket"
+    );
+}
+
+#[test]
+fn accepted_socket_has_owner_cgroup_netns_and_creation_stack() {
+    let ns = NetNs::new("own-acc");
+    let cg = support::Cgroup::new("own-acc");
+    let mut tracer = Tracer::start(&["--threshold", "300ms", "--port", "18080"]);
+    let mut leaker = support::Leaker::spawn(&ns, Some(&cg), "c", &["accept", "127.0.0.1", "18080"]);
+    leaker.expect("listening");
+    drop(ns.connect(SocketAddr::new(localhost4(), 18080))); // the client closes at once
+    let ready = leaker.expect("ready");
+    let (pid, fd): (u32, u32) = (ready["pid"].parse().unwrap(), ready["fd"].parse().unwrap());
+
+    let stuck = tracer.expect("stuck", 5 * S, |v| {
+        v["event"] == "stuck" && v["lport"] == 18080
+    });
+    assert_owner(&stuck, pid, fd, "leaker-c");
+    assert_eq!(stuck["cgroup"], cg.path.as_str());
+    assert_eq!(stuck["netns"], ns.inode());
+    assert!(
+        stuck["cmdline"]
+            .as_str()
+            .unwrap()
+            .contains("accept 127.0.0.1 18080"),
+        "{stuck}"
+    );
+    assert_eq!(stuck["creation"]["kind"], "accept");
+    assert_eq!(stuck["creation"]["pid"], pid);
+    let syms = symbols(&stuck);
+    assert!(
+        syms.iter().any(|s| s == "leak_accepted_connection"),
+        "{syms:?}"
+    );
+    assert!(syms.iter().any(|s| s == "main"), "{syms:?}");
+    assert_eq!(stuck["stack_truncated"], false, "{syms:?}");
+    let frame = stuck["stack"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["symbol"] == "leak_accepted_connection")
+        .unwrap();
+    assert!(
+        frame["file"].as_str().unwrap().ends_with("leaker.c"),
+        "{frame}"
+    );
+    assert!(frame["line"].as_u64().unwrap() > 0, "{frame}");
+
+    drop(leaker); // exits, closing the socket: the close keeps the owner seen when stuck
+    let close = tracer.expect("close", 5 * S, |v| {
+        v["event"] == "close" && v["lport"] == 18080
+    });
+    assert_eq!(close["pid"], pid);
+    let summary = tracer.interrupt();
+    assert_eq!(summary["stacks_missed"], 0, "{summary}");
+}
+
+#[test]
+fn outgoing_socket_has_owner_and_connect_stack() {
+    let ns = NetNs::new("own-con");
+    let listener = ns.listen(localhost4());
+    let port = listener.local_addr().unwrap().port();
+    let mut tracer = Tracer::start(&["--threshold", "300ms", "--port", &port.to_string()]);
+    let mut leaker =
+        support::Leaker::spawn(&ns, None, "c", &["connect", "127.0.0.1", &port.to_string()]);
+    let (server, _) = listener.accept().unwrap();
+    drop(server); // the peer closes: the leaker's socket enters CLOSE_WAIT
+    let ready = leaker.expect("ready");
+    let (pid, fd): (u32, u32) = (ready["pid"].parse().unwrap(), ready["fd"].parse().unwrap());
+    let stuck = tracer.expect("stuck", 5 * S, |v| {
+        v["event"] == "stuck" && v["rport"] == port
+    });
+    assert_owner(&stuck, pid, fd, "leaker-c");
+    assert_eq!(stuck["creation"]["kind"], "connect");
+    let syms = symbols(&stuck);
+    assert!(
+        syms.iter().any(|s| s == "leak_outgoing_connection"),
+        "{syms:?}"
+    );
+    assert_eq!(stuck["stack_truncated"], false, "{syms:?}");
+}
+
+#[test]
+fn forked_child_shows_up_in_owners() {
+    let ns = NetNs::new("own-fork");
+    let mut tracer = Tracer::start(&["--threshold", "300ms", "--port", "18082"]);
+    let mut leaker =
+        support::Leaker::spawn(&ns, None, "c", &["accept", "127.0.0.1", "18082", "--fork"]);
+    leaker.expect("listening");
+    drop(ns.connect(SocketAddr::new(localhost4(), 18082)));
+    let child = leaker.expect("child");
+    let ready = leaker.expect("ready");
+    let parent: u32 = ready["pid"].parse().unwrap();
+    let child: u32 = child["pid"].parse().unwrap();
+    let stuck = tracer.expect("stuck", 5 * S, |v| {
+        v["event"] == "stuck" && v["lport"] == 18082
+    });
+    assert_eq!(
+        stuck["pid"], parent,
+        "the creator is the primary owner: {stuck}"
+    );
+    let mut owners: Vec<u64> = stuck["owners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["pid"].as_u64().unwrap())
+        .collect();
+    owners.sort_unstable();
+    let mut want = vec![u64::from(parent), u64::from(child)];
+    want.sort_unstable();
+    assert_eq!(owners, want, "{stuck}");
+}
+
+#[test]
+fn process_name_with_terminal_escapes_is_printed_escaped() {
+    let ns = NetNs::new("own-esc");
+    let mut tracer = Tracer::start_text(&["--threshold", "300ms", "--port", "18083"]);
+    let mut leaker = support::Leaker::spawn(
+        &ns,
+        None,
+        "c",
+        &["accept", "127.0.0.1", "18083", "--name", "evil\x1b[31mred"],
+    );
+    leaker.expect("listening");
+    drop(ns.connect(SocketAddr::new(localhost4(), 18083)));
+    leaker.expect("ready");
+    let line = tracer.expect_line("STUCK line", 5 * S, |l| {
+        l.contains(" STUCK ") && l.contains(":18083 ")
+    });
+    assert!(line.contains("comm=evil\\x1b[31mred"), "{line}");
+    let text = tracer.interrupt_text();
+    assert!(
+        !text.contains('\x1b'),
+        "a raw escape reached the terminal: {text:?}"
+    );
+}
+
+#[test]
+fn pid_and_comm_filters_select_owners_and_no_stacks_turns_capture_off() {
+    let ns = NetNs::new("own-filter");
+    let mut a = support::Leaker::spawn(
+        &ns,
+        None,
+        "c",
+        &["accept", "127.0.0.1", "18084", "--name", "wanted"],
+    );
+    let mut b = support::Leaker::spawn(
+        &ns,
+        None,
+        "c",
+        &["accept", "127.0.0.1", "18085", "--name", "other"],
+    );
+    a.expect("listening");
+    b.expect("listening");
+    let mut tracer = Tracer::start(&["--threshold", "200ms", "--comm", "wanted", "--no-stacks"]);
+    drop(ns.connect(SocketAddr::new(localhost4(), 18085)));
+    b.expect("ready");
+    drop(ns.connect(SocketAddr::new(localhost4(), 18084)));
+    let pid: u32 = a.expect("ready")["pid"].parse().unwrap();
+    let stuck = tracer.expect("stuck", 5 * S, |v| v["event"] == "stuck");
+    assert_eq!(stuck["lport"], 18084, "{stuck}");
+    assert_eq!(stuck["pid"], pid);
+    assert_eq!(
+        stuck["creation"],
+        serde_json::Value::Null,
+        "--no-stacks: {stuck}"
+    );
+    let summary = tracer.interrupt();
+    let others: Vec<_> = summary["still_stuck_sockets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["lport"] == 18085)
+        .collect();
+    assert!(
+        others.is_empty(),
+        "--comm kept another process's socket: {summary}"
+    );
+}
+
+/// Rust leakers: with frame pointers the stack reaches the known function and
+/// the entry point; without them the walk stops early and says so.
+fn rust_outgoing_leak(which: &str) -> serde_json::Value {
+    let ns = NetNs::new("own-rs");
+    let listener = ns.listen(IpAddr::V6(Ipv6Addr::LOCALHOST));
+    let port = listener.local_addr().unwrap().port();
+    let mut tracer = Tracer::start(&["--threshold", "300ms", "--port", &port.to_string()]);
+    let mut leaker =
+        support::Leaker::spawn(&ns, None, which, &["connect", "::1", &port.to_string()]);
+    let (server, _) = listener.accept().unwrap();
+    drop(server);
+    let ready = leaker.expect("ready");
+    let stuck = tracer.expect("stuck", 5 * S, |v| {
+        v["event"] == "stuck" && v["rport"] == port
+    });
+    assert_owner(
+        &stuck,
+        ready["pid"].parse().unwrap(),
+        ready["fd"].parse().unwrap(),
+        &format!("leaker-{which}"),
+    );
+    assert_eq!(stuck["family"], "ipv6");
+    assert_eq!(stuck["creation"]["kind"], "connect");
+    stuck
+}
+
+#[test]
+fn rust_program_with_frame_pointers_has_a_full_stack() {
+    let stuck = rust_outgoing_leak("rs");
+    let syms = symbols(&stuck);
+    assert!(
+        syms.iter().any(|s| s.ends_with("leak_outgoing_connection")),
+        "{syms:?}"
+    );
+    assert_eq!(stuck["stack_truncated"], false, "{syms:?}");
+}
+
+#[test]
+fn rust_program_without_frame_pointers_is_marked_truncated() {
+    let stuck = rust_outgoing_leak("rs-nofp");
+    assert_eq!(stuck["stack_truncated"], true, "{stuck}");
+}

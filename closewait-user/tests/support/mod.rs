@@ -121,6 +121,20 @@ impl Drop for NetNs {
     }
 }
 
+/// A child's stdout, line by line, on a channel (closed at EOF).
+fn line_reader(stdout: std::process::ChildStdout) -> Receiver<String> {
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
 /// The real binary, running.
 pub struct Tracer {
     child: Child,
@@ -165,16 +179,7 @@ impl Tracer {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn closewait-trace");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = line_reader(child.stdout.take().expect("stdout"));
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err_pipe = child.stderr.take().expect("stderr");
         let sink = stderr.clone();
@@ -386,4 +391,152 @@ pub fn unmount_tracefs() -> bool {
         let _ = Command::new("umount").arg(TRACEFS).status();
     }
     !tracefs_mounted()
+}
+
+/// Build a leaker test program once per test run; returns its path.
+/// `which`: "c" (cc, frame pointers), "rs" (rustc, frame pointers) or
+/// "rs-nofp" (rustc, no frame pointers).
+pub fn leaker(which: &str) -> std::path::PathBuf {
+    use std::sync::OnceLock;
+    static BUILT: Mutex<Vec<(String, std::path::PathBuf)>> = Mutex::new(Vec::new());
+    static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
+    let mut built = BUILT.lock().unwrap();
+    if let Some((_, path)) = built.iter().find(|(w, _)| w == which) {
+        return path.clone();
+    }
+    let dir = DIR.get_or_init(|| std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/leakers");
+    let out = dir.join(format!("leaker-{which}"));
+    let status = match which {
+        "c" => Command::new("cc")
+            .args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
+            .arg(&out)
+            .arg(src.join("leaker.c"))
+            .status(),
+        "rs" | "rs-nofp" => Command::new("rustc")
+            .args(["--edition", "2021", "-O", "-g", "-C"])
+            .arg(if which == "rs" {
+                "force-frame-pointers=yes"
+            } else {
+                "force-frame-pointers=no"
+            })
+            .arg("-o")
+            .arg(&out)
+            .arg(src.join("leaker.rs"))
+            .status(),
+        other => panic!("no leaker {other}"),
+    };
+    assert!(
+        status.expect("compiler runs").success(),
+        "building leaker-{which}"
+    );
+    built.push((which.to_string(), out.clone()));
+    out
+}
+
+/// A cgroup (v2) made for one test, removed on drop.
+pub struct Cgroup {
+    dir: std::path::PathBuf,
+    /// As /proc/PID/cgroup shows it, e.g. `/cwt-owner-123`.
+    pub path: String,
+}
+
+impl Cgroup {
+    pub fn new(tag: &str) -> Cgroup {
+        let mounts = std::fs::read_to_string("/proc/mounts").expect("/proc/mounts");
+        let root = mounts
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_string())
+            })
+            .expect("a cgroup2 mount");
+        let path = format!("/cwt-{tag}-{}", std::process::id());
+        let dir = std::path::PathBuf::from(format!("{root}{path}"));
+        std::fs::create_dir_all(&dir).expect("mkdir cgroup");
+        Cgroup { dir, path }
+    }
+
+    pub fn procs_file(&self) -> std::path::PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // Processes must be gone first; retry briefly while they exit.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A leaker process: in a network namespace, optionally in a cgroup.
+pub struct Leaker {
+    child: Child,
+    lines: Receiver<String>,
+    /// Keeps the leaker alive: it exits when its stdin closes.
+    _stdin: std::process::ChildStdin,
+}
+
+impl Leaker {
+    pub fn spawn(ns: &NetNs, cgroup: Option<&Cgroup>, which: &str, args: &[&str]) -> Leaker {
+        let bin = leaker(which);
+        // Join the cgroup from a shell, then exec into the namespace (`ip
+        // netns exec` remounts /sys, hiding the cgroup fs, so join first).
+        // Every exec keeps the pid: the leaker lives its whole life there.
+        let mut script = String::new();
+        if let Some(cg) = cgroup {
+            script.push_str(&format!("echo $$ > '{}' && ", cg.procs_file().display()));
+        }
+        script.push_str(&format!("exec ip netns exec '{}' \"$@\"", ns.name));
+        let mut child = Command::new("sh")
+            .args(["-c", &script, "sh"])
+            .arg(&bin)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn leaker");
+        let stdin = child.stdin.take().expect("stdin");
+        let lines = line_reader(child.stdout.take().expect("stdout"));
+        Leaker {
+            child,
+            lines,
+            _stdin: stdin,
+        }
+    }
+
+    /// Wait for the line starting with `word` and return its `key=value`s.
+    pub fn expect(&mut self, word: &str) -> std::collections::HashMap<String, String> {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "leaker: no `{word}` line ({e}); status {:?}",
+                        self.child.try_wait()
+                    )
+                });
+            if let Some(rest) = line.strip_prefix(word) {
+                return rest
+                    .split_whitespace()
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+            }
+        }
+    }
+}
+
+impl Drop for Leaker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
