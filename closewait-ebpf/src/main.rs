@@ -17,7 +17,7 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{btf_tracepoint, map, tracepoint},
-    maps::{LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{tracing::StackIdContext, BtfTracePointContext, TracePointContext},
 };
 use closewait_common::{
@@ -38,6 +38,12 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 /// User stacks of the code that created sockets (deduplicated by the kernel).
 #[map]
 static STACKS: StackTrace = StackTrace::with_max_entries(4096, 0);
+
+/// Slot 0 non-zero: record creation stacks now. The agent arms it at run
+/// time (at start, or once a socket is found stuck), so a healthy host pays
+/// nothing for the stack walks.
+#[map]
+static STACKS_ARMED: Array<u32> = Array::with_max_entries(1, 0);
 
 /// connect() creation records, by socket cookie.
 #[map]
@@ -128,7 +134,7 @@ fn try_btf(ctx: &BtfTracePointContext) -> Result<(), ()> {
 /// current task is the socket's creator and its user stack is the call site.
 #[inline(always)]
 fn record_connect(ctx: &BtfTracePointContext) -> Result<(), ()> {
-    if config().stacks == 0 {
+    if !stacks_armed() {
         return Ok(());
     }
     let sk: *const u8 = ctx.arg(0);
@@ -150,7 +156,7 @@ fn record_connect(ctx: &BtfTracePointContext) -> Result<(), ()> {
 #[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
     let cfg = config();
-    if cfg.stacks == 0 {
+    if !stacks_armed() {
         return 0;
     }
     // SAFETY: the offset comes from this kernel's format file.
@@ -169,6 +175,11 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
         bump(counter::STACK_FAILED);
     }
     0
+}
+
+#[inline(always)]
+fn stacks_armed() -> bool {
+    config().stacks != 0 && STACKS_ARMED.get(0).is_some_and(|armed| *armed != 0)
 }
 
 #[inline(always)]

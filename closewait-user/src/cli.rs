@@ -40,8 +40,14 @@ pub struct Cli {
     #[arg(long = "comm", value_name = "NAME")]
     pub comms: Vec<String>,
 
-    /// Do not record creation stacks (turns the capture off in the kernel).
-    #[arg(long)]
+    /// Creation stacks: `auto` records them from the first sign of trouble
+    /// (a socket already in CLOSE_WAIT at start, or the first stuck one) at
+    /// no cost before; `on` from the start; `off` never.
+    #[arg(long, value_enum, value_name = "WHEN", default_value = "auto")]
+    pub stacks: StacksMode,
+
+    /// Same as `--stacks off`: no stack capture, in the kernel too.
+    #[arg(long, conflicts_with = "stacks")]
     pub no_stacks: bool,
 
     /// Also show every entry into and exit from CLOSE_WAIT.
@@ -69,7 +75,33 @@ pub struct Cli {
     pub attach: Option<AttachMode>,
 }
 
+/// When creation stacks are recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StacksMode {
+    Auto,
+    On,
+    Off,
+}
+
+impl StacksMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            StacksMode::Auto => "auto",
+            StacksMode::On => "on",
+            StacksMode::Off => "off",
+        }
+    }
+}
+
 impl Cli {
+    pub fn stacks_mode(&self) -> StacksMode {
+        if self.no_stacks {
+            StacksMode::Off
+        } else {
+            self.stacks
+        }
+    }
+
     pub fn family(&self) -> Option<Family> {
         match (self.ipv4, self.ipv6) {
             (true, _) => Some(Family::V4),
@@ -169,7 +201,12 @@ mod tests {
             args(&["--pid", "42", "--pid", "43", "--comm", "api", "--no-stacks"]).expect("valid");
         assert_eq!(cli.pids, vec![42, 43]);
         assert_eq!(cli.comms, vec!["api".to_string()]);
-        assert!(cli.no_stacks);
+        assert_eq!(cli.stacks_mode(), StacksMode::Off);
+        assert_eq!(args(&[]).unwrap().stacks_mode(), StacksMode::Auto);
+        assert_eq!(
+            args(&["--stacks", "on"]).unwrap().stacks_mode(),
+            StacksMode::On
+        );
     }
 
     #[test]
@@ -184,6 +221,8 @@ mod tests {
             &["--ring-buffer-size", "5000"],
             &["--pid", "-1"],
             &["--pid", "x"],
+            &["--stacks", "sometimes"],
+            &["--stacks", "on", "--no-stacks"],
         ] {
             let err = args(bad).expect_err(&format!("{bad:?} must be rejected"));
             let line = one_line_error(&err);

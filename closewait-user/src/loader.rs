@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{BtfTracePoint, ProgramError, ProgramFd, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
@@ -83,8 +83,9 @@ impl Drops {
 pub struct Probe {
     pub mode: AttachMode,
     pub events: RingBuf<MapData>,
-    /// Owns the program and its link: dropping it detaches.
-    pub counters: DropCounters,
+    /// Owns the programs and links (dropping it detaches), the drop
+    /// counters and the stack switch.
+    pub kernel: Kernel,
     /// Creation records and stacks; `None` with `--no-stacks`.
     pub creations: Option<Creations>,
 }
@@ -98,12 +99,17 @@ pub struct Creations {
     pub accepts: HashMap<MapData, u64, Creation>,
 }
 
-/// The kernel's drop counters, and the program they belong to.
-pub struct DropCounters {
+/// The loaded kernel side: drop counters, the creation-stack switch, and the
+/// programs themselves.
+pub struct Kernel {
     counters: PerCpuArray<MapData, u64>,
     prog_fd: ProgramFd,
-    // Keeps the program and its link alive.
-    _ebpf: Ebpf,
+    /// Slot 0 arms creation-stack capture; `None` without stacks.
+    stacks_armed: Option<Array<MapData, u32>>,
+    /// The accept() recorder is loaded lazily and attached when stacks are
+    /// armed: an enabled syscall tracepoint slows every syscall on the host.
+    accept_ready: bool,
+    ebpf: Ebpf,
 }
 
 impl Probe {
@@ -156,10 +162,7 @@ impl Probe {
         prog.attach()
             .context("attaching to the BTF tracepoint inet_sock_set_state")?;
         let prog_fd = prog.fd()?.try_clone()?;
-        if accept_ret.is_some() {
-            attach_accept(&mut ebpf);
-        }
-        Self::finish(ebpf, mode, prog_fd, stacks)
+        Self::finish(ebpf, mode, prog_fd, stacks, accept_ret.is_some())
     }
 
     fn load_tracepoint(opts: &LoadOptions) -> anyhow::Result<Probe> {
@@ -181,10 +184,13 @@ impl Probe {
         prog.attach("sock", TRACEPOINT)
             .context("attaching to the tracepoint sock:inet_sock_set_state")?;
         let prog_fd = prog.fd()?.try_clone()?;
-        if accept_ret.is_some() {
-            attach_accept(&mut ebpf);
-        }
-        Self::finish(ebpf, AttachMode::Tracepoint, prog_fd, opts.stacks)
+        Self::finish(
+            ebpf,
+            AttachMode::Tracepoint,
+            prog_fd,
+            opts.stacks,
+            accept_ret.is_some(),
+        )
     }
 
     fn finish(
@@ -192,6 +198,7 @@ impl Probe {
         mode: AttachMode,
         prog_fd: ProgramFd,
         stacks: bool,
+        accept_ready: bool,
     ) -> anyhow::Result<Probe> {
         let mut take = |name: &str| {
             ebpf.take_map(name)
@@ -199,6 +206,11 @@ impl Probe {
         };
         let events = RingBuf::try_from(take("EVENTS")?)?;
         let counters = PerCpuArray::try_from(take("COUNTERS")?)?;
+        let stacks_armed = if stacks {
+            Some(Array::try_from(take("STACKS_ARMED")?)?)
+        } else {
+            None
+        };
         let creations = if stacks {
             Some(Creations {
                 stacks: StackTraceMap::try_from(take("STACKS")?)?,
@@ -212,16 +224,31 @@ impl Probe {
             creations,
             mode,
             events,
-            counters: DropCounters {
+            kernel: Kernel {
                 counters,
                 prog_fd,
-                _ebpf: ebpf,
+                stacks_armed,
+                accept_ready: accept_ready && stacks,
+                ebpf,
             },
         })
     }
 }
 
-impl DropCounters {
+impl Kernel {
+    /// Start recording creation stacks (idempotent). False when the run has
+    /// no stacks (`--stacks off`, or the empty benchmark program).
+    pub fn arm_stacks(&mut self) -> anyhow::Result<bool> {
+        let Some(armed) = self.stacks_armed.as_mut() else {
+            return Ok(false);
+        };
+        armed.set(0, 1, 0).context("arming creation stacks")?;
+        if std::mem::take(&mut self.accept_ready) {
+            attach_accept(&mut self.ebpf);
+        }
+        Ok(true)
+    }
+
     /// Current totals of everything the kernel dropped.
     pub fn drops(&self) -> anyhow::Result<Drops> {
         let sum =

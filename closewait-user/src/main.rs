@@ -31,7 +31,7 @@ use tokio::{
 };
 
 use crate::{
-    cli::Cli,
+    cli::{Cli, StacksMode},
     context::Context,
     events::{Filter, Observed, Socket},
     existing::{ScanError, ScanResult, ScannedSocket},
@@ -141,6 +141,9 @@ struct Agent<W: Write> {
     /// Asked of the resolver, not answered yet.
     requested: HashSet<u64>,
     resolver: std::sync::mpsc::Sender<context::Request>,
+    /// A socket was found in CLOSE_WAIT at start or flagged stuck: the cue
+    /// for `--stacks auto` to start recording creation stacks.
+    trouble: bool,
 }
 
 impl<W: Write> Agent<W> {
@@ -188,6 +191,7 @@ impl<W: Write> Agent<W> {
         let id = report.socket().id(self.cookies);
         let needs = match &report {
             Report::Existing { .. } | Report::Stuck { .. } => {
+                self.trouble = true;
                 if !self.contexts.contains_key(&id) && self.requested.insert(id) {
                     let request = context::Request {
                         id,
@@ -308,14 +312,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         attach: cli.attach,
         ports: cli.ports.clone(),
         ring_buffer_bytes: cli.ring_buffer_size,
-        stacks: !cli.no_stacks,
+        stacks: cli.stacks_mode() != StacksMode::Off,
     })?;
     let Probe {
         mode,
         events,
-        counters,
+        mut kernel,
         creations,
     } = probe;
+    let stacks_mode = cli.stacks_mode();
+    let mut stacks_armed = stacks_mode == StacksMode::On && kernel.arm_stacks()?;
     let (ctx_tx, mut ctx_rx) = mpsc::unbounded_channel();
     let resolver = context::spawn(creations, ctx_tx).context("starting the context thread")?;
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged
@@ -342,6 +348,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         contexts: HashMap::new(),
         requested: HashSet::new(),
         resolver,
+        trouble: false,
     };
 
     // Start-up scan, after attach so nothing falls between the two.
@@ -361,6 +368,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     agent.out.start(
         &StartInfo {
             attach: mode.name(),
+            stacks: stacks_mode.name(),
             threshold: cli.threshold,
             existing: existing.len(),
             netns_scanned,
@@ -416,10 +424,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let now = mono_now();
             let stuck = agent.tracker.poll_stuck(now);
             agent.emit_all(stuck, now)?;
+            if stacks_mode == StacksMode::Auto && agent.trouble && !stacks_armed {
+                stacks_armed = kernel.arm_stacks()?;
+                if stacks_armed {
+                    eprintln!("closewait-trace: sockets are stuck in CLOSE_WAIT: recording creation stacks from now on");
+                }
+            }
             let wall_now = Instant::now();
             if wall_now >= next_drop_check {
                 next_drop_check = wall_now + DROP_CHECK_INTERVAL;
-                let drops = counters.drops()?;
+                let drops = kernel.drops()?;
                 if drops.events_lost() != drops_seen.events_lost() {
                     agent.out.lost(&delta(&drops, &drops_seen), now)?;
                     // Lost events may hide an entry or an exit: check now.
@@ -460,11 +474,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     agent.flush_all()?;
-    let drops = counters.drops()?;
+    let drops = kernel.drops()?;
     if drops.events_lost() != drops_seen.events_lost() {
         agent.out.lost(&delta(&drops, &drops_seen), now)?;
     }
-    drop(counters);
+    drop(kernel);
     drop(rb);
     if agent.decode_errors > 0 {
         eprintln!(

@@ -48,6 +48,8 @@ impl WallClock {
 /// What the `start` line says.
 pub struct StartInfo<'a> {
     pub attach: &'a str,
+    /// Creation-stack mode: auto, on, off.
+    pub stacks: &'a str,
     pub threshold: Duration,
     pub existing: usize,
     pub netns_scanned: usize,
@@ -80,6 +82,7 @@ impl<W: Write> Output<W> {
                 "ts": self.ts(now_ns),
                 "version": env!("CARGO_PKG_VERSION"),
                 "attach": info.attach,
+                "stacks": info.stacks,
                 "threshold_ms": info.threshold.as_millis() as u64,
                 "existing": info.existing,
                 "netns_scanned": info.netns_scanned,

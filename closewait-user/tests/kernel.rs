@@ -429,7 +429,7 @@ fn assert_owner(v: &serde_json::Value, pid: u32, fd: u32, comm: &str) {
 fn accepted_socket_has_owner_cgroup_netns_and_creation_stack() {
     let ns = NetNs::new("own-acc");
     let cg = support::Cgroup::new("own-acc");
-    let mut tracer = Tracer::start(&["--threshold", "300ms", "--port", "18080"]);
+    let mut tracer = Tracer::start(&["--threshold", "300ms", "--stacks", "on", "--port", "18080"]);
     let mut leaker = support::Leaker::spawn(&ns, Some(&cg), "c", &["accept", "127.0.0.1", "18080"]);
     leaker.expect("listening");
     drop(ns.connect(SocketAddr::new(localhost4(), 18080))); // the client closes at once
@@ -484,7 +484,14 @@ fn outgoing_socket_has_owner_and_connect_stack() {
     let ns = NetNs::new("own-con");
     let listener = ns.listen(localhost4());
     let port = listener.local_addr().unwrap().port();
-    let mut tracer = Tracer::start(&["--threshold", "300ms", "--port", &port.to_string()]);
+    let mut tracer = Tracer::start(&[
+        "--threshold",
+        "300ms",
+        "--stacks",
+        "on",
+        "--port",
+        &port.to_string(),
+    ]);
     let mut leaker =
         support::Leaker::spawn(&ns, None, "c", &["connect", "127.0.0.1", &port.to_string()]);
     let (server, _) = listener.accept().unwrap();
@@ -507,7 +514,7 @@ fn outgoing_socket_has_owner_and_connect_stack() {
 #[test]
 fn forked_child_shows_up_in_owners() {
     let ns = NetNs::new("own-fork");
-    let mut tracer = Tracer::start(&["--threshold", "300ms", "--port", "18082"]);
+    let mut tracer = Tracer::start(&["--threshold", "300ms", "--stacks", "on", "--port", "18082"]);
     let mut leaker =
         support::Leaker::spawn(&ns, None, "c", &["accept", "127.0.0.1", "18082", "--fork"]);
     leaker.expect("listening");
@@ -608,7 +615,14 @@ fn rust_outgoing_leak(which: &str) -> serde_json::Value {
     let ns = NetNs::new("own-rs");
     let listener = ns.listen(IpAddr::V6(Ipv6Addr::LOCALHOST));
     let port = listener.local_addr().unwrap().port();
-    let mut tracer = Tracer::start(&["--threshold", "300ms", "--port", &port.to_string()]);
+    let mut tracer = Tracer::start(&[
+        "--threshold",
+        "300ms",
+        "--stacks",
+        "on",
+        "--port",
+        &port.to_string(),
+    ]);
     let mut leaker =
         support::Leaker::spawn(&ns, None, which, &["connect", "::1", &port.to_string()]);
     let (server, _) = listener.accept().unwrap();
@@ -643,4 +657,38 @@ fn rust_program_with_frame_pointers_has_a_full_stack() {
 fn rust_program_without_frame_pointers_is_marked_truncated() {
     let stuck = rust_outgoing_leak("rs-nofp");
     assert_eq!(stuck["stack_truncated"], true, "{stuck}");
+}
+
+/// The default: no stack walks until something is stuck; then the next
+/// socket the same code leaks has its creation stack.
+#[test]
+fn auto_stacks_arm_at_the_first_stuck_socket() {
+    let ns = NetNs::new("own-auto");
+    let mut tracer = Tracer::start(&["--threshold", "300ms", "--port", "18086"]);
+    let start = tracer.seen()[0].clone();
+    assert_eq!(start["stacks"], "auto");
+    let leak = |tracer: &mut Tracer, what: &str| {
+        let mut leaker = support::Leaker::spawn(&ns, None, "c", &["accept", "127.0.0.1", "18086"]);
+        leaker.expect("listening");
+        drop(ns.connect(SocketAddr::new(localhost4(), 18086)));
+        let pid: u32 = leaker.expect("ready")["pid"].parse().unwrap();
+        let stuck = tracer.expect(what, 5 * S, |v| v["event"] == "stuck" && v["pid"] == pid);
+        (leaker, stuck)
+    };
+    let (_first, stuck) = leak(&mut tracer, "first stuck");
+    assert_eq!(
+        stuck["creation"],
+        serde_json::Value::Null,
+        "not armed yet: {stuck}"
+    );
+    let (_second, stuck) = leak(&mut tracer, "second stuck");
+    assert_eq!(
+        stuck["creation"]["kind"], "accept",
+        "armed by the first: {stuck}"
+    );
+    let syms = symbols(&stuck);
+    assert!(
+        syms.iter().any(|s| s == "leak_accepted_connection"),
+        "{syms:?}"
+    );
 }
