@@ -1,5 +1,6 @@
 //! Developer tasks for closewait-trace: `cargo xtask <command>`.
 
+mod bench;
 mod build;
 mod cmd;
 mod setup;
@@ -34,8 +35,9 @@ enum Task {
     },
     /// Run setup, the host unit tests, then the kernel tests (these need root)
     Test(test::TestArgs),
-    /// Benchmarks (not implemented yet)
-    Bench,
+    /// Run setup, build (release), then benchmark closewait-trace against an empty program and
+    /// peer tracers (root); writes target/bench/report.md
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,10 +49,7 @@ fn main() -> ExitCode {
         }),
         Task::Run { build, trace_args } => build::run(&build, &trace_args),
         Task::Test(args) => test::test(&args),
-        Task::Bench => {
-            eprintln!("bench: not implemented yet");
-            return ExitCode::FAILURE;
-        }
+        Task::Bench(args) => bench::bench(&args),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");

@@ -3,7 +3,7 @@
 //! Every check is cheap, so this is fast when everything is present. On a Debian-based system
 //! missing pieces are installed; anywhere else the commands are printed for the user to run.
 
-use std::{fs, process::Command};
+use std::{fs, io, process::Command};
 
 use anyhow::{bail, Context as _, Result};
 
@@ -25,6 +25,17 @@ pub fn setup() -> Result<()> {
     setup.bpf_linker()?;
     setup.program("ip", "iproute2")?;
     setup.program("setpriv", "util-linux")?;
+    setup.finish()
+}
+
+/// Debian packages of the tracers `cargo xtask bench` compares against.
+const BENCH_PEERS: &[&str] = &["libbpf-tools", "bpftrace"];
+
+/// Install what `cargo xtask bench` needs on top of [`setup`]: the peer tracers (libbpf-tools'
+/// `tcpstates`, `bpftrace`).
+pub fn setup_bench() -> Result<()> {
+    let mut setup = Setup::detect();
+    setup.debs("benchmark peers (libbpf-tools, bpftrace)", BENCH_PEERS)?;
     setup.finish()
 }
 
@@ -193,6 +204,9 @@ impl Setup {
             return Ok(false);
         }
         eprintln!("{doing} ({line})");
+        // Progress goes to stderr: stdout is for what a task produces (the tracer's output,
+        // the benchmark report).
+        cmd.stdout(io::stderr());
         cmd::run(&mut cmd)?;
         Ok(true)
     }
