@@ -172,11 +172,18 @@ pub mod counter {
 /// Marks an offset the kernel does not have (the field is skipped).
 pub const NO_OFFSET: u32 = u32::MAX;
 
+/// Bytes of `struct sock_common` the kernel program copies in one read; every
+/// `skc_*` field it uses must lie in `[common_base, common_base + COMMON_WINDOW)`
+/// (checked at start-up). One read instead of one per field.
+pub const COMMON_WINDOW: usize = 128;
+
 /// Byte offsets in the running kernel's `struct sock`, looked up in its BTF
 /// at start-up (Rust eBPF has no CO-RE relocations).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SockOffsets {
+    /// Start of the window of `struct sock` read in one go.
+    pub common_base: u32,
     pub sk_protocol: u32,
     pub skc_family: u32,
     /// Local port, host order (`skc_num`).
@@ -200,6 +207,7 @@ pub struct SockOffsets {
 
 impl SockOffsets {
     pub const UNSET: Self = Self {
+        common_base: NO_OFFSET,
         sk_protocol: NO_OFFSET,
         skc_family: NO_OFFSET,
         skc_num: NO_OFFSET,

@@ -15,6 +15,7 @@ use aya_ebpf::{
     cty::c_void,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_buf,
     },
     macros::{btf_tracepoint, map, tracepoint},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf, StackTrace},
@@ -24,7 +25,7 @@ use closewait_common::{
     accept_key, counter,
     tcp_state::{CLOSE, CLOSE_WAIT, SYN_SENT},
     Config, Creation, CreationKind, SockOffsets, StateEvent, TpOffsets, AF_INET, AF_INET6,
-    IPPROTO_TCP, NO_OFFSET,
+    COMMON_WINDOW, IPPROTO_TCP, NO_OFFSET,
 };
 
 /// Events to the agent. The loader sets the real size (`--ring-buffer-size`).
@@ -80,54 +81,107 @@ fn try_btf(ctx: &BtfTracePointContext) -> Result<(), ()> {
     // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    if old != CLOSE_WAIT_I32 && new != CLOSE_WAIT_I32 {
-        if new == SYN_SENT as i32 && old == CLOSE as i32 {
-            return record_connect(ctx);
-        }
-        return Ok(());
+    if new == CLOSE_WAIT_I32 {
+        enter_btf(ctx, old)
+    } else if old == CLOSE_WAIT_I32 {
+        exit_btf(ctx, new)
+    } else if new == SYN_SENT as i32 && old == CLOSE as i32 {
+        record_connect(ctx)
+    } else {
+        Ok(())
     }
+}
+
+/// Into CLOSE_WAIT: everything the agent shows about the socket.
+#[inline(always)]
+fn enter_btf(ctx: &BtfTracePointContext, old: i32) -> Result<(), ()> {
     let sk: *const u8 = ctx.arg(0);
     let off = unsafe { read_volatile(&SOCK_OFFSETS) };
     // SCTP and MPTCP fire this tracepoint too (SCTP's CLOSING is CLOSE_WAIT).
     if read::<u16>(sk, off.sk_protocol)? != IPPROTO_TCP {
         return Ok(());
     }
-    let sport: u16 = read(sk, off.skc_num)?;
-    let dport = u16::from_be(read::<u16>(sk, off.skc_dport)?);
+    // Ports, addresses, family and netns in one read.
+    let mut common = [0u8; COMMON_WINDOW];
+    // SAFETY: bpf_probe_read_kernel copes with any address.
+    unsafe { bpf_probe_read_kernel_buf(sk.wrapping_add(off.common_base as usize), &mut common) }
+        .map_err(|_| ())?;
+    let at = |field: u32| field.wrapping_sub(off.common_base) as usize;
+    let sport = u16::from_ne_bytes(take(&common, at(off.skc_num))?);
+    let dport = u16::from_be_bytes(take(&common, at(off.skc_dport))?);
     if !config().port_matches(sport, dport) {
         return Ok(());
     }
     let mut ev = StateEvent::zeroed();
     ev.old_state = old as u8;
-    ev.new_state = new as u8;
+    ev.new_state = CLOSE_WAIT;
     ev.sport = sport;
     ev.dport = dport;
-    ev.family = read(sk, off.skc_family)?;
+    ev.family = u16::from_ne_bytes(take(&common, at(off.skc_family))?);
     if ev.family == AF_INET {
-        let s: [u8; 4] = read(sk, off.skc_rcv_saddr)?;
-        let d: [u8; 4] = read(sk, off.skc_daddr)?;
+        let s: [u8; 4] = take(&common, at(off.skc_rcv_saddr))?;
+        let d: [u8; 4] = take(&common, at(off.skc_daddr))?;
         ev.saddr[..4].copy_from_slice(&s);
         ev.daddr[..4].copy_from_slice(&d);
     } else if ev.family == AF_INET6 && off.skc_v6_daddr != NO_OFFSET {
-        ev.saddr = read(sk, off.skc_v6_rcv_saddr)?;
-        ev.daddr = read(sk, off.skc_v6_daddr)?;
+        ev.saddr = take(&common, at(off.skc_v6_rcv_saddr))?;
+        ev.daddr = take(&common, at(off.skc_v6_daddr))?;
     }
     if off.skc_net != NO_OFFSET && off.net_inum != NO_OFFSET {
-        let net: *const u8 = read(sk, off.skc_net)?;
+        let net = u64::from_ne_bytes(take(&common, at(off.skc_net))?) as *const u8;
         ev.netns = read(net, off.net_inum)?;
     }
     if off.sk_socket != NO_OFFSET && off.socket_ino != NO_OFFSET {
         let socket: *const u8 = read(sk, off.sk_socket)?;
+        // Null while the socket still waits in its listener's accept queue.
         if !socket.is_null() {
             ev.inode = read(socket, off.socket_ino)?;
         }
     }
+    finish(sk, &mut ev);
+    Ok(())
+}
+
+/// Out of CLOSE_WAIT: the agent knows the socket from its entry and needs
+/// only the cookie (and the ports, to honour --port). No protocol test: a
+/// cookie the agent does not know (SCTP, MPTCP) is ignored there.
+#[inline(always)]
+fn exit_btf(ctx: &BtfTracePointContext, new: i32) -> Result<(), ()> {
+    let sk: *const u8 = ctx.arg(0);
+    let mut ev = StateEvent::zeroed();
+    let cfg = config();
+    if cfg.n_ports != 0 {
+        let off = unsafe { read_volatile(&SOCK_OFFSETS) };
+        ev.sport = read(sk, off.skc_num)?;
+        ev.dport = u16::from_be(read::<u16>(sk, off.skc_dport)?);
+        if !cfg.port_matches(ev.sport, ev.dport) {
+            return Ok(());
+        }
+    }
+    ev.old_state = CLOSE_WAIT;
+    ev.new_state = new as u8;
+    finish(sk, &mut ev);
+    Ok(())
+}
+
+/// Cookie, time, and out.
+#[inline(always)]
+fn finish(sk: *const u8, ev: &mut StateEvent) {
     ev.skaddr = sk as u64;
     // SAFETY: `sk` is the tracepoint's BTF-typed `struct sock *` argument.
     ev.cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    submit(&ev);
-    Ok(())
+    submit(ev);
+}
+
+/// `N` bytes at `i` of the copied window; an error (never a panic) when out
+/// of range.
+#[inline(always)]
+fn take<const N: usize>(window: &[u8; COMMON_WINDOW], i: usize) -> Result<[u8; N], ()> {
+    window
+        .get(i..i.wrapping_add(N))
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or(())
 }
 
 /// CLOSE -> SYN_SENT runs inside connect(), in the caller's context: the

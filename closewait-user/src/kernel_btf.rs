@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use btf_rs::{Btf, Type};
-use closewait_common::{SockOffsets, NO_OFFSET};
+use closewait_common::{SockOffsets, COMMON_WINDOW, NO_OFFSET};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OffsetError {
@@ -21,6 +21,8 @@ pub enum OffsetError {
     NoField { ty: String, field: String },
     #[error("kernel BTF: {0} is a bit field, which the kernel program cannot read")]
     BitField(String),
+    #[error("kernel BTF: struct sock_common fields span more than {COMMON_WINDOW} bytes")]
+    Window,
 }
 
 /// Look up every offset in the BTF file at `path` (normally
@@ -32,6 +34,7 @@ pub fn sock_offsets(path: &Path) -> Result<SockOffsets, OffsetError> {
     })?;
     let sock = |field: &str| field_offset(&btf, "sock", field);
     let offsets = SockOffsets {
+        common_base: 0, // set by fit_window
         sk_protocol: sock("sk_protocol")?,
         skc_family: sock("__sk_common.skc_family")?,
         skc_num: sock("__sk_common.skc_num")?,
@@ -47,7 +50,41 @@ pub fn sock_offsets(path: &Path) -> Result<SockOffsets, OffsetError> {
         sk_socket: sock("sk_socket").unwrap_or(NO_OFFSET),
         socket_ino: socket_ino(&btf).unwrap_or(NO_OFFSET),
     };
-    Ok(offsets)
+    fit_window(offsets)
+}
+
+/// Place the one-read window over the `sock_common` fields: the required
+/// ones must fit, the optional ones (IPv6 addresses, netns) are dropped if
+/// they do not.
+fn fit_window(mut off: SockOffsets) -> Result<SockOffsets, OffsetError> {
+    let required = [
+        (off.skc_daddr, 4),
+        (off.skc_rcv_saddr, 4),
+        (off.skc_dport, 2),
+        (off.skc_num, 2),
+        (off.skc_family, 2),
+    ];
+    let base = required.iter().map(|(o, _)| *o).min().unwrap_or(0);
+    let fits =
+        |o: u32, size: u32| o != NO_OFFSET && o >= base && o - base + size <= COMMON_WINDOW as u32;
+    if !required.iter().all(|&(o, size)| fits(o, size)) {
+        return Err(OffsetError::Window);
+    }
+    off.common_base = base;
+    for (field, size) in [
+        (&mut off.skc_v6_daddr, 16),
+        (&mut off.skc_v6_rcv_saddr, 16),
+        (&mut off.skc_net, 8),
+    ] {
+        if !fits(*field, size) {
+            *field = NO_OFFSET;
+        }
+    }
+    if off.skc_v6_daddr == NO_OFFSET || off.skc_v6_rcv_saddr == NO_OFFSET {
+        off.skc_v6_daddr = NO_OFFSET;
+        off.skc_v6_rcv_saddr = NO_OFFSET;
+    }
+    Ok(off)
 }
 
 /// From a `struct socket *` to its inode's `i_ino`: sockets live in a
@@ -131,6 +168,30 @@ fn strip_modifiers(btf: &Btf, mut ty: Type) -> Type {
 mod tests {
     use super::*;
 
+    #[test]
+    fn window_keeps_what_fits_and_rejects_what_cannot() {
+        let mut off = SockOffsets::UNSET;
+        (
+            off.skc_daddr,
+            off.skc_rcv_saddr,
+            off.skc_dport,
+            off.skc_num,
+            off.skc_family,
+        ) = (0, 4, 12, 14, 16);
+        (off.skc_net, off.skc_v6_daddr, off.skc_v6_rcv_saddr) = (48, 56, 72);
+        let fitted = fit_window(off).expect("the 6.18 layout fits");
+        assert_eq!(fitted.common_base, 0);
+        assert_eq!(fitted.skc_v6_rcv_saddr, 72);
+        off.skc_v6_rcv_saddr = 200; // out of the window: IPv6 addresses dropped, not wrong
+        let fitted = fit_window(off).unwrap();
+        assert_eq!(
+            (fitted.skc_v6_daddr, fitted.skc_v6_rcv_saddr),
+            (NO_OFFSET, NO_OFFSET)
+        );
+        off.skc_family = 300;
+        assert!(matches!(fit_window(off), Err(OffsetError::Window)));
+    }
+
     /// Reads this machine's BTF when it has one; the offsets must be plausible
     /// and distinct. Skips (with a message) on a machine without BTF.
     #[test]
@@ -149,6 +210,8 @@ mod tests {
         assert_ne!(off.skc_net, NO_OFFSET);
         assert_ne!(off.net_inum, NO_OFFSET);
         assert_ne!(off.sk_socket, NO_OFFSET);
+        assert_ne!(off.skc_v6_daddr, NO_OFFSET, "IPv6 fits the window");
+        assert!(off.skc_v6_daddr + 16 - off.common_base <= COMMON_WINDOW as u32);
         assert!(off.socket_ino > 0 && off.socket_ino != NO_OFFSET);
     }
 }

@@ -33,7 +33,7 @@ use tokio::{
 use crate::{
     cli::{Cli, StacksMode},
     context::Context,
-    events::{Filter, Observed, Socket},
+    events::{Filter, Observed, Socket, Transition},
     existing::{ScanError, ScanResult, ScannedSocket},
     loader::{Drops, LoadOptions, Probe},
     output::{Output, StartInfo, WallClock},
@@ -160,7 +160,10 @@ impl<W: Write> Agent<W> {
             let Some(obs) = Observed::from_raw(&raw, self.cookies) else {
                 continue;
             };
-            if !self.filter.matches(&obs.socket) {
+            // Exits carry only the cookie (BTF mode): they are matched to
+            // entries, which passed the filter.
+            let entering = matches!(obs.transition, Transition::Enter { .. });
+            if entering && !self.filter.matches(&obs.socket) {
                 continue;
             }
             let id = obs.socket.id(self.cookies);
