@@ -153,21 +153,25 @@ enum Config {
     NoTracer,
     Empty,
     Closewait,
+    /// closewait-trace with creation stacks recorded from the start.
+    ClosewaitStacks,
     Tcpstates,
     Bpftrace,
 }
 
 impl Config {
-    const ALL: [Config; 5] = [
+    const ALL: [Config; 6] = [
         Config::NoTracer,
         Config::Empty,
         Config::Closewait,
+        Config::ClosewaitStacks,
         Config::Tcpstates,
         Config::Bpftrace,
     ];
-    const TRACERS: [Config; 4] = [
+    const TRACERS: [Config; 5] = [
         Config::Empty,
         Config::Closewait,
+        Config::ClosewaitStacks,
         Config::Tcpstates,
         Config::Bpftrace,
     ];
@@ -177,6 +181,7 @@ impl Config {
             Config::NoTracer => "none",
             Config::Empty => "empty",
             Config::Closewait => "closewait",
+            Config::ClosewaitStacks => "closewait-stacks",
             Config::Tcpstates => "tcpstates",
             Config::Bpftrace => "bpftrace",
         }
@@ -559,6 +564,7 @@ impl Bench {
             Config::NoTracer => bail!("no tracer to start"),
             Config::Empty => (self.trace.clone(), vec!["--json", "--attach", "empty"]),
             Config::Closewait => (self.trace.clone(), vec!["--json"]),
+            Config::ClosewaitStacks => (self.trace.clone(), vec!["--json", "--stacks", "on"]),
             Config::Tcpstates => (peer(config)?, vec![]),
             Config::Bpftrace => (peer(config)?, vec!["-e", BPFTRACE_PROGRAM]),
         })
@@ -1474,13 +1480,16 @@ fn render_throughput(out: &mut String, rounds: &[Round], unavailable: &BTreeMap<
         let ratio = show(ratios(rounds, config), pct);
         let rate = Spread::of(samples(rounds, config).map(|s| s.rate))
             .map_or_else(dash, |s| int(s.median));
-        let closewait = matches!(config, Config::Empty | Config::Closewait);
+        let closewait = matches!(
+            config,
+            Config::Empty | Config::Closewait | Config::ClosewaitStacks
+        );
         let lost = samples(rounds, config).filter_map(|s| summary_number(s, "lost"));
         let lost = if closewait { int(lost.sum()) } else { dash() };
         let seen = samples(rounds, config)
             .filter_map(|s| Some(summary_number(s, "entered")? / s.connections))
             .collect();
-        let seen = if config == Config::Closewait {
+        let seen = if matches!(config, Config::Closewait | Config::ClosewaitStacks) {
             show(seen, |x| format!("{x:.3}"))
         } else {
             dash()
