@@ -481,28 +481,7 @@ fn accepted_socket_has_owner_cgroup_netns_and_creation_stack() {
 
 #[test]
 fn outgoing_socket_has_owner_and_connect_stack() {
-    let ns = NetNs::new("own-con");
-    let listener = ns.listen(localhost4());
-    let port = listener.local_addr().unwrap().port();
-    let mut tracer = Tracer::start(&[
-        "--threshold",
-        "300ms",
-        "--stacks",
-        "on",
-        "--port",
-        &port.to_string(),
-    ]);
-    let mut leaker =
-        support::Leaker::spawn(&ns, None, "c", &["connect", "127.0.0.1", &port.to_string()]);
-    let (server, _) = listener.accept().unwrap();
-    drop(server); // the peer closes: the leaker's socket enters CLOSE_WAIT
-    let ready = leaker.expect("ready");
-    let (pid, fd): (u32, u32) = (ready["pid"].parse().unwrap(), ready["fd"].parse().unwrap());
-    let stuck = tracer.expect("stuck", 5 * S, |v| {
-        v["event"] == "stuck" && v["rport"] == port
-    });
-    assert_owner(&stuck, pid, fd, "leaker-c");
-    assert_eq!(stuck["creation"]["kind"], "connect");
+    let stuck = outgoing_leak("c", localhost4());
     let syms = symbols(&stuck);
     assert!(
         syms.iter().any(|s| s == "leak_outgoing_connection"),
@@ -609,11 +588,11 @@ fn pid_and_comm_filters_select_owners_and_no_stacks_turns_capture_off() {
     );
 }
 
-/// Rust leakers: with frame pointers the stack reaches the known function and
-/// the entry point; without them the walk stops early and says so.
-fn rust_outgoing_leak(which: &str) -> serde_json::Value {
-    let ns = NetNs::new("own-rs");
-    let listener = ns.listen(IpAddr::V6(Ipv6Addr::LOCALHOST));
+/// Leaker `which` connects out to a listener on `addr` whose side then
+/// closes; returns the `stuck` event after checking owner and creation kind.
+fn outgoing_leak(which: &str, addr: IpAddr) -> serde_json::Value {
+    let ns = NetNs::new("own-out");
+    let listener = ns.listen(addr);
     let port = listener.local_addr().unwrap().port();
     let mut tracer = Tracer::start(&[
         "--threshold",
@@ -623,8 +602,12 @@ fn rust_outgoing_leak(which: &str) -> serde_json::Value {
         "--port",
         &port.to_string(),
     ]);
-    let mut leaker =
-        support::Leaker::spawn(&ns, None, which, &["connect", "::1", &port.to_string()]);
+    let mut leaker = support::Leaker::spawn(
+        &ns,
+        None,
+        which,
+        &["connect", &addr.to_string(), &port.to_string()],
+    );
     let (server, _) = listener.accept().unwrap();
     drop(server);
     let ready = leaker.expect("ready");
@@ -637,14 +620,17 @@ fn rust_outgoing_leak(which: &str) -> serde_json::Value {
         ready["fd"].parse().unwrap(),
         &format!("leaker-{which}"),
     );
-    assert_eq!(stuck["family"], "ipv6");
+    assert_eq!(stuck["laddr"], addr.to_string().as_str());
     assert_eq!(stuck["creation"]["kind"], "connect");
     stuck
 }
 
+// The Rust leakers: with frame pointers the stack reaches the known
+// function and the entry point; without them the walk stops early and says so.
+
 #[test]
 fn rust_program_with_frame_pointers_has_a_full_stack() {
-    let stuck = rust_outgoing_leak("rs");
+    let stuck = outgoing_leak("rs", IpAddr::V6(Ipv6Addr::LOCALHOST));
     let syms = symbols(&stuck);
     assert!(
         syms.iter().any(|s| s.ends_with("leak_outgoing_connection")),
@@ -655,7 +641,7 @@ fn rust_program_with_frame_pointers_has_a_full_stack() {
 
 #[test]
 fn rust_program_without_frame_pointers_is_marked_truncated() {
-    let stuck = rust_outgoing_leak("rs-nofp");
+    let stuck = outgoing_leak("rs-nofp", IpAddr::V6(Ipv6Addr::LOCALHOST));
     assert_eq!(stuck["stack_truncated"], true, "{stuck}");
 }
 

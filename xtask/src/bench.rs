@@ -1739,9 +1739,13 @@ mod tests {
 
     #[test]
     fn rotation_and_split() {
-        let order = rotated(&Config::ALL, 6);
-        assert_eq!(order[0], Config::Empty);
-        assert_eq!(order[4], Config::NoTracer);
+        // A full turn plus one: the second configuration leads, the first
+        // comes last.
+        let n = Config::ALL.len();
+        let order = rotated(&Config::ALL, n + 1);
+        assert_eq!(order[0], Config::ALL[1]);
+        assert_eq!(order[n - 1], Config::NoTracer);
+        assert_eq!(rotated(&Config::ALL, n), Config::ALL.to_vec());
         assert_eq!(split(100_000, 6).iter().sum::<u32>(), 100_000);
         assert_eq!(split(2000, 2), vec![1000, 1000]);
     }
