@@ -704,22 +704,9 @@ pub fn wait_for_release(max: Duration, watch_stdin: bool) -> io::Result<Release>
             return Ok(Release::Timeout);
         }
         let ms = ((deadline - now) / 1_000_000).clamp(1, 200) as libc::c_int;
-        let mut pfd = libc::pollfd {
-            fd: if watch_stdin { 0 } else { -1 },
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd (fd -1 is ignored by poll).
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if rc < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        if rc > 0 {
-            if pfd.revents & libc::POLLNVAL != 0 {
+        let stdin = if watch_stdin { 0 } else { -1 };
+        if let Some(revents) = sys::poll_once(stdin, libc::POLLIN, ms)? {
+            if revents & libc::POLLNVAL != 0 {
                 return Ok(Release::StdinEof);
             }
             // SAFETY: buf is a valid writable buffer.

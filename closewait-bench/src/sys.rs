@@ -341,6 +341,30 @@ pub fn close(fd: OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
+/// One poll(2) on one fd for at most `ms`: `Some(revents)` when it is
+/// ready, `None` on timeout or EINTR. An fd of -1 only sleeps.
+pub fn poll_once(
+    fd: RawFd,
+    events: libc::c_short,
+    ms: libc::c_int,
+) -> io::Result<Option<libc::c_short>> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd (fd -1 is ignored by poll).
+    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        return match err.kind() {
+            io::ErrorKind::Interrupted => Ok(None),
+            _ => Err(err),
+        };
+    }
+    Ok((rc > 0).then_some(pfd.revents))
+}
+
 /// Wait until `fd` is ready for `events` or `timeout` passes (retrying on
 /// EINTR). Returns whether it became ready.
 pub fn wait_fd(fd: RawFd, events: libc::c_short, timeout: Duration) -> io::Result<bool> {
@@ -351,21 +375,7 @@ pub fn wait_fd(fd: RawFd, events: libc::c_short, timeout: Duration) -> io::Resul
             return Ok(false);
         }
         let ms = (deadline - now).div_ceil(1_000_000).min(i32::MAX as u64) as libc::c_int;
-        let mut pfd = libc::pollfd {
-            fd,
-            events,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if rc < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        if rc > 0 {
+        if poll_once(fd, events, ms)?.is_some() {
             return Ok(true);
         }
     }
