@@ -4,7 +4,11 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::{events::Family, loader::AttachMode};
+use closewait_host::duration::{
+    parse as parse_duration, parse_positive as parse_positive_duration,
+};
+
+use crate::{probe::AttachMode, tracking::Family};
 
 /// Find TCP sockets stuck in CLOSE_WAIT, live: the peer closed, the local
 /// application never did.
@@ -108,18 +112,6 @@ impl Cli {
             (_, true) => Some(Family::V6),
             _ => None,
         }
-    }
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("`{s}` is not a duration like 500ms, 10s or 5m ({e})"))
-}
-
-fn parse_positive_duration(s: &str) -> Result<Duration, String> {
-    match parse_duration(s)? {
-        d if d.is_zero() => Err("must be longer than zero".to_string()),
-        d => Ok(d),
     }
 }
 

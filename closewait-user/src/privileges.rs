@@ -2,16 +2,11 @@
 //! EPERM from deep inside the loader.
 
 use anyhow::{bail, Context as _};
-
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
+use closewait_host::privileges::{effective_caps, has, CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN};
 
 /// Fail unless the process may load and attach tracing programs.
 pub fn check() -> anyhow::Result<()> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let caps = effective_caps(&status).context("no CapEff in /proc/self/status")?;
+    let caps = effective_caps().context("no CapEff in /proc/self/status")?;
     if !can_trace(caps) {
         bail!("closewait-trace needs root (or CAP_BPF and CAP_PERFMON, plus CAP_SYS_ADMIN to scan other network namespaces): run it with sudo");
     }
@@ -21,17 +16,8 @@ pub fn check() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn has(caps: u64, cap: u32) -> bool {
-    caps & (1u64 << cap) != 0
-}
-
 fn can_trace(caps: u64) -> bool {
     has(caps, CAP_SYS_ADMIN) || (has(caps, CAP_BPF) && has(caps, CAP_PERFMON))
-}
-
-fn effective_caps(status: &str) -> Option<u64> {
-    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
-    u64::from_str_radix(hex.trim(), 16).ok()
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it. Harmless
@@ -41,21 +27,15 @@ pub fn raise_memlock() {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,
     };
-    // SAFETY: plain syscall with a valid struct. Failure is not fatal: 5.11+ charges BPF memory to the cgroup instead,
-    // and on older kernels map creation fails later with a clear error.
+    // SAFETY: plain syscall with a valid struct. Failure is not fatal: 5.11+
+    // charges BPF memory to the cgroup instead, and on older kernels map
+    // creation fails later with a clear error.
     let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_cap_eff() {
-        let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
-        assert_eq!(effective_caps(status), Some(0x1ff_ffff_ffff));
-        assert_eq!(effective_caps("Name: x\n"), None);
-    }
 
     #[test]
     fn root_or_bpf_plus_perfmon_can_trace() {

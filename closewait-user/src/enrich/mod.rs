@@ -1,6 +1,9 @@
-//! Who holds a reported socket and which code created it. Runs on its own
-//! thread: walking /proc and symbolizing can take milliseconds on a big host,
-//! and the event stream must never wait for it.
+//! Enrichment: who holds a socket and which code created it. Runs on its
+//! own thread: walking /proc and symbolizing can take milliseconds on a big
+//! host, and the event stream must never wait for it.
+
+pub mod owner;
+pub mod stacks;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -11,13 +14,11 @@ use std::{
 use closewait_common::{accept_key, Creation, CreationKind};
 use tokio::sync::mpsc;
 
-use crate::{
-    events::Socket,
-    existing,
-    loader::Creations,
-    owner::{self, Owner},
+use self::{
+    owner::Owner,
     stacks::{Stack, Symbolizer},
 };
+use crate::{discovery, probe::Creations, tracking::OwnerFilter, tracking::Socket};
 
 /// Everything known about a reported socket beyond its addresses.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -59,8 +60,10 @@ pub struct Response {
 
 /// Start the resolver thread. Requests go in on the returned sender; answers
 /// come back on `tx`.
+/// `owner_filter` narrows the /proc walk to the processes it could select.
 pub fn spawn(
     creations: Option<Creations>,
+    owner_filter: OwnerFilter,
     tx: mpsc::UnboundedSender<Response>,
 ) -> std::io::Result<std::sync::mpsc::Sender<Request>> {
     let (req_tx, req_rx) = std::sync::mpsc::channel::<Request>();
@@ -69,6 +72,7 @@ pub fn spawn(
         .spawn(move || {
             let mut resolver = Resolver {
                 creations,
+                owner_filter,
                 symbolizer: Symbolizer::new(),
             };
             // Take whatever has queued up, resolve it as one batch (one /proc
@@ -102,6 +106,7 @@ pub fn spawn(
 
 struct Resolver {
     creations: Option<Creations>,
+    owner_filter: OwnerFilter,
     symbolizer: Symbolizer,
 }
 
@@ -109,7 +114,10 @@ impl Resolver {
     fn resolve(&mut self, batch: Vec<Request>) -> Vec<Response> {
         let inodes = inodes_for(&batch);
         let wanted: HashSet<u64> = inodes.values().copied().collect();
-        let holders = owner::find_holders(&wanted);
+        let filter = &self.owner_filter;
+        let holders = owner::find_holders(&wanted, |p| {
+            filter.may_hold(p.pid() as u32, || owner::comm(p))
+        });
         let mut described: HashMap<(u32, u32), Option<Owner>> = HashMap::new();
         batch
             .into_iter()
@@ -189,32 +197,60 @@ impl Resolver {
 }
 
 /// Socket inodes for a batch: from the kernel event when it carried one,
-/// else from a sock_diag scan matched by 4-tuple (the classic-tracepoint
-/// fallback has no inode, and a socket that entered CLOSE_WAIT before it was
-/// accepted had no file yet).
+/// else from a sock_diag scan. A socket that entered CLOSE_WAIT before it was
+/// accepted had no file yet, and the classic-tracepoint fallback reads no
+/// inode at all.
 fn inodes_for(batch: &[Request]) -> HashMap<u64, u64> {
     let mut inodes: HashMap<u64, u64> = batch
         .iter()
         .filter_map(|r| r.socket.inode.map(|i| (r.id, i)))
         .collect();
-    if inodes.len() < batch.len() {
-        if let Ok(scan) = existing::scan_all() {
-            for req in batch.iter().filter(|r| r.socket.inode.is_none()) {
-                let s = &req.socket;
-                let hit = scan.sockets.iter().find(|f| {
-                    f.inode != 0
-                        && f.lport == s.lport
-                        && f.rport == s.rport
-                        && same_addr(f.laddr, s.laddr)
-                        && same_addr(f.raddr, s.raddr)
-                });
-                if let Some(hit) = hit {
-                    inodes.insert(req.id, hit.inode);
-                }
-            }
+    let missing: Vec<&Socket> = batch
+        .iter()
+        .filter(|r| r.socket.inode.is_none())
+        .map(|r| &r.socket)
+        .collect();
+    if missing.is_empty() {
+        return inodes;
+    }
+    // Scan only the namespaces the sockets are in, when known.
+    let mut namespaces = discovery::list_netns();
+    if missing.iter().all(|s| s.netns.is_some()) {
+        namespaces.retain(|ns| missing.iter().any(|s| s.netns == Some(ns.inode)));
+    }
+    let Ok(scan) = discovery::scan_close_wait(&namespaces) else {
+        return inodes;
+    };
+    for req in batch.iter().filter(|r| r.socket.inode.is_none()) {
+        if let Some(inode) = match_inode(&req.socket, &scan.sockets) {
+            inodes.insert(req.id, inode);
         }
     }
     inodes
+}
+
+/// The inode of `socket` among scanned sockets: by cookie and network
+/// namespace when the event had them (cookies are unique on the host, the
+/// 4-tuple is not: two pods can use the very same one); else by 4-tuple, and
+/// only when exactly one socket has it, since a wrong owner is worse than
+/// none.
+fn match_inode(socket: &Socket, scanned: &[discovery::ScannedSocket]) -> Option<u64> {
+    let with_file = scanned.iter().filter(|f| f.inode != 0);
+    if let Some(cookie) = socket.cookie {
+        return with_file
+            .filter(|f| f.cookie == cookie && socket.netns.is_none_or(|ns| ns == f.netns))
+            .map(|f| f.inode)
+            .next();
+    }
+    let mut hits = with_file.filter(|f| {
+        f.lport == socket.lport
+            && f.rport == socket.rport
+            && same_addr(f.laddr, socket.laddr)
+            && same_addr(f.raddr, socket.raddr)
+            && socket.netns.is_none_or(|ns| ns == f.netns)
+    });
+    let first = hits.next()?;
+    hits.next().is_none().then_some(first.inode)
 }
 
 /// Equal, counting an IPv4-mapped IPv6 address as its IPv4 address.
@@ -228,20 +264,13 @@ fn ancestry(pid: u32) -> Vec<u32> {
     let mut chain = vec![pid];
     let mut current = pid;
     for _ in 0..4 {
-        let Some(parent) = parent_of(current).filter(|&p| p > 1) else {
+        let Some(parent) = owner::parent_of(current).filter(|&p| p > 1) else {
             break;
         };
         chain.push(parent);
         current = parent;
     }
     chain
-}
-
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The comm field may contain spaces and parentheses: parse after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[cfg(test)]
@@ -257,6 +286,52 @@ mod tests {
         if ppid > 1 {
             assert_eq!(chain.get(1), Some(&ppid));
         }
+    }
+
+    fn scanned(cookie: u64, netns: u32, inode: u64) -> discovery::ScannedSocket {
+        discovery::ScannedSocket {
+            cookie,
+            family: libc::AF_INET as u16,
+            laddr: "127.0.0.1".parse().unwrap(),
+            lport: 8080,
+            raddr: "127.0.0.1".parse().unwrap(),
+            rport: 40000,
+            netns,
+            inode,
+            uid: 0,
+            last_ack_recv_ms: None,
+        }
+    }
+
+    fn socket(cookie: Option<u64>, netns: Option<u32>) -> Socket {
+        Socket {
+            cookie,
+            family: crate::tracking::Family::V4,
+            laddr: "127.0.0.1".parse().unwrap(),
+            lport: 8080,
+            raddr: "127.0.0.1".parse().unwrap(),
+            rport: 40000,
+            netns,
+            inode: None,
+        }
+    }
+
+    #[test]
+    fn the_same_tuple_in_two_namespaces_is_told_apart_by_cookie() {
+        // Two pods, the very same 4-tuple, each socket in its own namespace.
+        let scan = [scanned(11, 100, 1001), scanned(22, 200, 2002)];
+        assert_eq!(match_inode(&socket(Some(22), Some(200)), &scan), Some(2002));
+        assert_eq!(match_inode(&socket(Some(11), Some(100)), &scan), Some(1001));
+        assert_eq!(match_inode(&socket(Some(11), Some(200)), &scan), None);
+        assert_eq!(match_inode(&socket(Some(33), Some(100)), &scan), None);
+        // Without a cookie (classic tracepoint): ambiguous, so no owner.
+        assert_eq!(match_inode(&socket(None, None), &scan), None);
+        assert_eq!(match_inode(&socket(None, None), &scan[..1]), Some(1001));
+        // Still in the accept queue when scanned too: no file, no inode.
+        assert_eq!(
+            match_inode(&socket(Some(11), Some(100)), &[scanned(11, 100, 0)]),
+            None
+        );
     }
 
     #[test]

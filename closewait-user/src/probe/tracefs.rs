@@ -1,40 +1,26 @@
 //! The classic-tracepoint fallback: make sure tracefs is mounted and read the
 //! field offsets of `sock/inet_sock_set_state` from its `format` file.
 
-use std::{ffi::CString, fs, path::PathBuf};
+use std::{fs, path::PathBuf};
 
 use anyhow::{bail, Context as _};
 use closewait_common::TpOffsets;
 
-const TRACEFS: &str = "/sys/kernel/tracing";
-const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
-
-/// The tracefs root, mounting it on /sys/kernel/tracing when nothing is
-/// mounted yet (it is not, at boot, on many servers).
+/// The tracefs root, mounting it when nothing is mounted yet (it is not, at
+/// boot, on many servers).
 pub fn ensure_mounted() -> anyhow::Result<PathBuf> {
-    for root in [TRACEFS, DEBUGFS_TRACING] {
-        if PathBuf::from(root).join("events").is_dir() {
-            return Ok(root.into());
+    match closewait_host::tracefs::ensure_mounted() {
+        Ok((root, mounted)) => {
+            if mounted {
+                eprintln!("closewait-trace: mounted tracefs on {}", root.display());
+            }
+            Ok(root)
         }
+        Err(err) => bail!(
+            "tracefs is not mounted and `mount -t tracefs tracefs {}` failed: {err}",
+            closewait_host::tracefs::TRACEFS
+        ),
     }
-    let target = CString::new(TRACEFS)?;
-    let fstype = CString::new("tracefs")?;
-    // SAFETY: valid NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
-        bail!("tracefs is not mounted and `mount -t tracefs tracefs {TRACEFS}` failed: {err}");
-    }
-    eprintln!("closewait-trace: mounted tracefs on {TRACEFS}");
-    Ok(TRACEFS.into())
 }
 
 /// Offsets of the tracepoint's fields, from `<tracefs>/events/sock/inet_sock_set_state/format`.

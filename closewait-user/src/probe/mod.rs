@@ -1,8 +1,10 @@
-//! Load the kernel program, pick the best attach point this kernel offers,
-//! and read the drop counters.
+//! The probe: load the kernel program, pick the best attach point this
+//! kernel offers, hand out the ring buffer, and read the drop counters.
+
+pub mod btf;
+pub mod tracefs;
 
 use std::{
-    mem,
     os::fd::{AsFd as _, AsRawFd as _},
     path::Path,
 };
@@ -15,7 +17,7 @@ use aya::{
 };
 use closewait_common::{counter, Config, Creation, TpOffsets, MAX_KERNEL_PORTS, NO_OFFSET};
 
-use crate::{kernel_btf, tracefs};
+use self::btf as kernel_btf;
 
 /// The kernel object, built by build.rs (empty when the build skipped it).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/closewait"));
@@ -76,6 +78,27 @@ impl Drops {
     /// Events lost, all reasons together (stack failures are not events).
     pub fn events_lost(&self) -> u64 {
         self.ringbuf_full + self.read_failed + self.recursion_misses
+    }
+
+    /// Lost events by reason, as the outputs name them.
+    pub fn by_reason(&self) -> [(&'static str, u64); 3] {
+        [
+            ("ringbuf_full", self.ringbuf_full),
+            ("recursion", self.recursion_misses),
+            ("read_failed", self.read_failed),
+        ]
+    }
+
+    /// What was added since `before`.
+    pub fn since(&self, before: &Drops) -> Drops {
+        Drops {
+            ringbuf_full: self.ringbuf_full.saturating_sub(before.ringbuf_full),
+            read_failed: self.read_failed.saturating_sub(before.read_failed),
+            stack_failed: self.stack_failed.saturating_sub(before.stack_failed),
+            recursion_misses: self
+                .recursion_misses
+                .saturating_sub(before.recursion_misses),
+        }
     }
 }
 
@@ -345,35 +368,54 @@ fn load_error(err: ProgramError, what: &str) -> anyhow::Error {
     }
 }
 
-/// `bpf_prog_info.recursion_misses` for the program (Linux 5.12+; 0 before).
-/// aya's ProgramInfo does not expose this field, so ask the kernel directly.
+/// `recursion_misses` of the program (Linux 5.12+), from the kernel's
+/// fdinfo of the program fd; 0 where the kernel does not report it.
 fn recursion_misses(fd: &ProgramFd) -> anyhow::Result<u64> {
-    use aya_obj::generated::bpf_prog_info;
-    #[repr(C)]
-    struct InfoAttr {
-        bpf_fd: u32,
-        info_len: u32,
-        info: u64,
+    let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    Ok(fdinfo_field(&text, "recursion_misses").unwrap_or(0))
+}
+
+/// `name:\tvalue` from an fdinfo file.
+fn fdinfo_field(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key.trim() == name).then(|| value.trim().parse().ok())?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_fdinfo_fields() {
+        // Captured from /proc/PID/fdinfo of a tp_btf program on 6.18.
+        let text = "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t1057\nprog_type:\t26\nprog_jited:\t1\nprog_tag:\t5b9fbd6e1de5cfc4\nmemlock:\t4096\nprog_id:\t231\nrun_time_ns:\t0\nrun_cnt:\t0\nrecursion_misses:\t17\nverified_insns:\t201\n";
+        assert_eq!(fdinfo_field(text, "recursion_misses"), Some(17));
+        assert_eq!(fdinfo_field(text, "prog_id"), Some(231));
+        assert_eq!(fdinfo_field("pos:\t0\n", "recursion_misses"), None);
     }
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    // SAFETY: bpf_prog_info is plain data; all-zero is valid.
-    let mut info: bpf_prog_info = unsafe { mem::zeroed() };
-    let attr = InfoAttr {
-        bpf_fd: fd.as_fd().as_raw_fd() as u32,
-        info_len: mem::size_of::<bpf_prog_info>() as u32,
-        info: &mut info as *mut bpf_prog_info as u64,
-    };
-    // SAFETY: attr and info outlive the call; sizes are accurate.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            &attr as *const InfoAttr,
-            mem::size_of::<InfoAttr>(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("BPF_OBJ_GET_INFO_BY_FD");
+
+    #[test]
+    fn drops_since_and_by_reason() {
+        let before = Drops {
+            ringbuf_full: 1,
+            read_failed: 0,
+            stack_failed: 2,
+            recursion_misses: 3,
+        };
+        let now = Drops {
+            ringbuf_full: 4,
+            read_failed: 0,
+            stack_failed: 2,
+            recursion_misses: 5,
+        };
+        let d = now.since(&before);
+        assert_eq!(d.events_lost(), 5);
+        assert_eq!(
+            d.by_reason(),
+            [("ringbuf_full", 3), ("recursion", 2), ("read_failed", 0)]
+        );
     }
-    Ok(info.recursion_misses)
 }

@@ -142,20 +142,6 @@ impl Observed {
     }
 }
 
-/// What the user asked to see, applied to events and scanned sockets alike.
-#[derive(Clone, Debug, Default)]
-pub struct Filter {
-    pub ports: Vec<u16>,
-    pub family: Option<Family>,
-}
-
-impl Filter {
-    pub fn matches(&self, s: &Socket) -> bool {
-        (self.ports.is_empty() || self.ports.iter().any(|&p| p == s.lport || p == s.rport))
-            && self.family.is_none_or(|f| f == s.family)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,18 +234,5 @@ mod tests {
             without.id(false),
             Observed::from_raw(&moved, false).unwrap().socket.id(false)
         );
-    }
-
-    #[test]
-    fn filter_by_port_and_family() {
-        let ev = raw(AF_INET, v4([10, 0, 0, 1]), v4([10, 0, 0, 2]), 1, 8);
-        let s = Observed::from_raw(&ev, true).unwrap().socket;
-        assert!(Filter::default().matches(&s));
-        let f = |ports: Vec<u16>, family| Filter { ports, family };
-        assert!(f(vec![8080], None).matches(&s));
-        assert!(f(vec![40000], None).matches(&s));
-        assert!(!f(vec![9090], None).matches(&s));
-        assert!(f(vec![], Some(Family::V4)).matches(&s));
-        assert!(!f(vec![], Some(Family::V6)).matches(&s));
     }
 }

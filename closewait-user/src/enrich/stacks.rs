@@ -41,7 +41,7 @@ use blazesym::symbolize::{CodeInfo, Input, Sym, Symbolized, Symbolizer as BlazeS
 use blazesym::ErrorKind;
 
 /// One frame of a symbolized stack.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Frame {
     pub addr: u64,
     /// Demangled (Rust and C++), without the Rust hash suffix.
@@ -54,7 +54,7 @@ pub struct Frame {
 }
 
 /// A symbolized stack, innermost frame first.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stack {
     pub frames: Vec<Frame>,
     /// The walk did not reach a program entry point (_start, __libc_start_main,
@@ -604,9 +604,8 @@ fn is_system_module(module: &str) -> bool {
 /// - `0x7f12deadbeef (libfoo.so)` without a symbol: the address and the file
 ///   name of the module; `0x7f12deadbeef` if the module is unknown too.
 ///
-/// Control characters (and Unicode bidirectional overrides) coming from
-/// symbol names or paths, which the traced program controls, are escaped
-/// (`\u{1b}`), so the label is safe to print on a terminal.
+/// The label is raw: symbol names and paths come from the traced program;
+/// outputs escape it where they print it (`output::sanitize`).
 pub fn frame_label(f: &Frame) -> String {
     let label = match (&f.symbol, &f.file) {
         (Some(symbol), Some(file)) => match f.line {
@@ -619,7 +618,7 @@ pub fn frame_label(f: &Frame) -> String {
             None => format!("{:#x}", f.addr),
         },
     };
-    escape_controls(&label)
+    label
 }
 
 fn short_path(path: &str) -> &str {
@@ -638,19 +637,6 @@ fn file_name(path: &str) -> &str {
         .unwrap_or(path)
 }
 
-fn escape_controls(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-        if c.is_control() || bidi {
-            out.extend(c.escape_unicode());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// Whether `/proc/PID/map_files/` entries can be followed (CAP_SYS_ADMIN or
 /// CAP_CHECKPOINT_RESTORE): checked on our own process.
 fn map_files_usable() -> bool {
@@ -664,13 +650,11 @@ fn map_files_usable() -> bool {
 }
 
 fn read_generation(pid: u32) -> Option<Generation> {
-    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may contain anything,
-    // including ") ": the fields after it start after the last ')'.
-    let after = &stat[stat.iter().rposition(|&b| b == b')')? + 1..];
-    let after = std::str::from_utf8(after).ok()?;
-    // Field 3 is the first after the name; the start time is field 22.
-    let start_time = after.split_ascii_whitespace().nth(22 - 3)?.parse().ok()?;
+    let start_time = procfs::process::Process::new(pid as i32)
+        .ok()?
+        .stat()
+        .ok()?
+        .starttime;
     let exe = std::fs::metadata(format!("/proc/{pid}/exe"))
         .ok()
         .map(|m| (m.dev(), m.ino()));
@@ -697,6 +681,8 @@ impl Mapping {
     }
 }
 
+/// procfs is not used here: it reads maps line by line as UTF-8 and fails the
+/// whole file on one mapped path that is not, which a traced program controls.
 fn read_maps(pid: u32) -> Option<Vec<Mapping>> {
     let data = std::fs::read(format!("/proc/{pid}/maps")).ok()?;
     Some(parse_maps(&String::from_utf8_lossy(&data)))
@@ -884,11 +870,9 @@ mod tests {
         assert_eq!(frame_label(&f), "0x7f12deadbeef (libfoo.so)");
         f.module = None;
         assert_eq!(frame_label(&f), "0x7f12deadbeef");
-        // What the traced program controls cannot reach the terminal raw.
+        // Raw here: escaping is the printing output's job, done once.
         f.module = Some("/tmp/evil\x1b[31mred".into());
-        assert_eq!(frame_label(&f), "0x7f12deadbeef (evil\\u{1b}[31mred)");
-        f.symbol = Some("a\u{202e}b\nc".into());
-        assert_eq!(frame_label(&f), "a\\u{202e}b\\u{a}c");
+        assert_eq!(frame_label(&f), "0x7f12deadbeef (evil\x1b[31mred)");
     }
 
     #[test]
@@ -974,7 +958,7 @@ garbage\n";
         assert_eq!(f.module.as_deref(), exe.to_str(), "{stack:#?}");
         assert!(stack.truncated);
         assert_eq!(app_frames(&stack, 5), [f]);
-        assert!(frame_label(f).contains("known_function_name (src/stacks.rs:"));
+        assert!(frame_label(f).contains("known_function_name (enrich/stacks.rs:"));
 
         // The same again comes from the cache; a return address (second
         // position) one past the function's first byte resolves the same.

@@ -1,5 +1,5 @@
-//! Discovery of TCP sockets that are *already* in CLOSE_WAIT, in every
-//! network namespace on the host.
+//! The sock_diag scan: TCP sockets in CLOSE_WAIT, in every network namespace
+//! listed by [`super::netns`].
 //!
 //! The eBPF programs only see state changes that happen after they are
 //! attached; this module finds the sockets that were stuck before that,
@@ -17,21 +17,19 @@
 //! crate does not know, and reads `tcp_info` from any kernel's (shorter or
 //! longer) layout.
 
-use std::collections::HashSet;
-use std::ffi::OsString;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io;
 use std::mem::size_of;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::thread;
 use std::time::Duration;
 
 use netlink_packet_core::{
-    DecodeError, DoneBuffer, ErrorBuffer, NetlinkBuffer, NetlinkHeader, NetlinkMessage,
-    NlasIterator, Parseable, NLMSG_DONE, NLMSG_ERROR, NLMSG_OVERRUN, NLM_F_DUMP, NLM_F_REQUEST,
+    DecodeError, NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NlasIterator, Parseable, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_sock_diag::constants::{
     AF_INET, AF_INET6, INET_DIAG_INFO, IPPROTO_TCP, SOCK_DIAG_BY_FAMILY, TCP_CLOSE_WAIT,
@@ -41,6 +39,8 @@ use netlink_packet_sock_diag::inet::{
 };
 use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
+
+use super::netns::{list_netns, NetNs};
 
 /// Size of the buffer each netlink datagram is received into. The kernel
 /// builds dump datagrams of at most ~32 KiB, so this always holds one whole
@@ -60,9 +60,6 @@ const TCPI_LAST_ACK_RECV_OFFSET: usize = 56;
 
 /// Length of `struct inet_diag_msg`; its attributes follow it directly.
 const INET_DIAG_MSG_LEN: usize = size_of::<InetResponseBuffer>();
-
-/// Where `ip netns add` bind-mounts the namespaces it creates.
-const NAMED_NETNS_DIR: &str = "/run/netns";
 
 /// One TCP socket found in CLOSE_WAIT.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,15 +135,6 @@ pub enum ScanError {
     ThreadPanicked,
 }
 
-/// A network namespace to scan.
-#[derive(Debug, Clone)]
-pub struct NetNs {
-    /// Inode number of the namespace (`stat().st_ino` of its ns file).
-    pub inode: u32,
-    /// A file that refers to the namespace (`/proc/PID/ns/net`, ...).
-    pub path: PathBuf,
-}
-
 /// What [`scan_close_wait`] found.
 #[derive(Debug, Clone, Default)]
 pub struct ScanResult {
@@ -155,31 +143,6 @@ pub struct ScanResult {
     /// Per-namespace failures that were skipped, one message each, for the
     /// caller to log. Sockets found before a failure are still reported.
     pub errors: Vec<String>,
-}
-
-/// All distinct network namespaces on the host: from `/proc/*/ns/net`,
-/// `/proc/*/task/*/ns/net`, and the bind mounts in `/run/netns/*`
-/// (namespaces with no process, made by `ip netns add`), deduplicated by
-/// inode. Unreadable entries (process exited, permission) are skipped
-/// silently. `/run/netns` paths are preferred (they cannot be recycled like a
-/// PID); the result is sorted by inode.
-pub fn list_netns() -> Vec<NetNs> {
-    let mut collector = NetNsCollector::new();
-    for name in dir_entries(Path::new(NAMED_NETNS_DIR)) {
-        collector.add(Path::new(NAMED_NETNS_DIR).join(name));
-    }
-    for pid in numeric_dir_entries(Path::new("/proc")) {
-        let proc_dir = Path::new("/proc").join(&pid);
-        collector.add(proc_dir.join("ns/net"));
-        let task_dir = proc_dir.join("task");
-        for tid in numeric_dir_entries(&task_dir) {
-            // The thread-group leader's task entry is /proc/PID/ns/net.
-            if tid != pid {
-                collector.add(task_dir.join(tid).join("ns/net"));
-            }
-        }
-    }
-    collector.finish()
 }
 
 /// Scan every namespace in `namespaces` for TCP sockets in CLOSE_WAIT.
@@ -209,66 +172,6 @@ pub fn scan_close_wait(namespaces: &[NetNs]) -> Result<ScanResult, ScanError> {
 /// Convenience: [`list_netns`] then [`scan_close_wait`].
 pub fn scan_all() -> Result<ScanResult, ScanError> {
     scan_close_wait(&list_netns())
-}
-
-// ---------------------------------------------------------------------------
-// Namespace discovery
-
-/// Deduplicates namespace files by inode.
-struct NetNsCollector {
-    /// Device of nsfs; files on any other device are not namespaces (e.g. a
-    /// stale, unmounted file left in /run/netns).
-    nsfs_dev: Option<u64>,
-    seen: HashSet<u64>,
-    found: Vec<NetNs>,
-}
-
-impl NetNsCollector {
-    fn new() -> Self {
-        let nsfs_dev = fs::metadata("/proc/self/ns/net").ok().map(|m| m.dev());
-        Self {
-            nsfs_dev,
-            seen: HashSet::new(),
-            found: Vec::new(),
-        }
-    }
-
-    /// Records the namespace `path` refers to, unless unreadable or known.
-    fn add(&mut self, path: PathBuf) {
-        let Ok(meta) = fs::metadata(&path) else {
-            return;
-        };
-        if self.nsfs_dev.is_some_and(|dev| dev != meta.dev()) {
-            return;
-        }
-        let Ok(inode) = u32::try_from(meta.ino()) else {
-            return;
-        };
-        if self.seen.insert(meta.ino()) {
-            self.found.push(NetNs { inode, path });
-        }
-    }
-
-    fn finish(mut self) -> Vec<NetNs> {
-        self.found.sort_by_key(|ns| ns.inode);
-        self.found
-    }
-}
-
-/// Names in `dir`; nothing if it cannot be read.
-fn dir_entries(dir: &Path) -> impl Iterator<Item = OsString> {
-    fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .filter_map(|entry| entry.ok().map(|e| e.file_name()))
-}
-
-/// Names in `dir` made only of digits (PIDs, TIDs).
-fn numeric_dir_entries(dir: &Path) -> impl Iterator<Item = OsString> {
-    dir_entries(dir).filter(|name| {
-        let bytes = name.as_encoded_bytes();
-        !bytes.is_empty() && bytes.iter().all(u8::is_ascii_digit)
-    })
 }
 
 // ---------------------------------------------------------------------------
@@ -341,15 +244,10 @@ fn enter_netns(ns: &NetNs) -> Result<bool, ScanError> {
     if meta.ino() != u64::from(ns.inode) {
         return Ok(false);
     }
-    // SAFETY: `file` is an open file descriptor for the duration of the call;
-    // setns only reads it and changes the calling thread's namespace.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc != 0 {
-        return Err(ScanError::EnterNetns {
-            path: ns.path.clone(),
-            source: io::Error::last_os_error(),
-        });
-    }
+    closewait_host::netns::enter_file(&file).map_err(|source| ScanError::EnterNetns {
+        path: ns.path.clone(),
+        source,
+    })?;
     Ok(true)
 }
 
@@ -508,6 +406,32 @@ struct Dump<'a> {
     malformed: usize,
 }
 
+/// The inner message of a dump reply. The netlink crate frames the messages
+/// and decodes `NLMSG_DONE`/`NLMSG_ERROR`; the inet_diag payload is read
+/// here, tolerantly (see the module comment), so one odd message is counted
+/// and skipped instead of failing the dump.
+enum DiagReply {
+    Socket(ScannedSocket),
+    /// Not in CLOSE_WAIT, or not an inet_diag message.
+    Other,
+    Malformed,
+}
+
+impl NetlinkDeserializable for DiagReply {
+    type Error = std::convert::Infallible;
+
+    fn deserialize(header: &NetlinkHeader, payload: &[u8]) -> Result<Self, Self::Error> {
+        if header.message_type != SOCK_DIAG_BY_FAMILY {
+            return Ok(DiagReply::Other);
+        }
+        Ok(match parse_inet_diag_msg(payload, 0) {
+            Ok(Some(socket)) => DiagReply::Socket(socket),
+            Ok(None) => DiagReply::Other,
+            Err(_) => DiagReply::Malformed,
+        })
+    }
+}
+
 impl<'a> Dump<'a> {
     fn new(seq: u32, netns: u32, sockets: &'a mut Vec<ScannedSocket>) -> Self {
         Self {
@@ -522,68 +446,41 @@ impl<'a> Dump<'a> {
     fn feed(&mut self, datagram: &[u8]) -> Result<Flow, ScanError> {
         let mut rest = datagram;
         while !rest.is_empty() {
-            let message = NetlinkBuffer::new_checked(rest)
+            let message = NetlinkMessage::<DiagReply>::deserialize(rest)
                 .map_err(|err| ScanError::Malformed(err.to_string()))?;
-            if self.handle(&message)? == Flow::Done {
-                return Ok(Flow::Done);
+            let advance = nlmsg_align(message.header.length as usize);
+            if message.header.sequence_number == self.seq {
+                match message.payload {
+                    NetlinkPayload::Done(done) if done.code < 0 => {
+                        return Err(kernel_error(done.code))
+                    }
+                    NetlinkPayload::Done(_) => return Ok(Flow::Done),
+                    NetlinkPayload::Error(err) => {
+                        // Code 0 is an ACK.
+                        if let Some(code) = err.code {
+                            return Err(kernel_error(code.get()));
+                        }
+                    }
+                    NetlinkPayload::Overrun(_) => {
+                        return Err(ScanError::Malformed("NLMSG_OVERRUN".into()))
+                    }
+                    NetlinkPayload::InnerMessage(DiagReply::Socket(mut socket)) => {
+                        socket.netns = self.netns;
+                        self.sockets.push(socket);
+                    }
+                    NetlinkPayload::InnerMessage(DiagReply::Malformed) => self.malformed += 1,
+                    _ => {}
+                }
             }
-            let advance = nlmsg_align(message.length() as usize);
             rest = rest.get(advance..).unwrap_or_default();
         }
         Ok(Flow::More)
-    }
-
-    /// Processes one netlink message (already length-checked).
-    fn handle(&mut self, message: &NetlinkBuffer<&[u8]>) -> Result<Flow, ScanError> {
-        if message.sequence_number() != self.seq {
-            return Ok(Flow::More);
-        }
-        let payload = message.payload();
-        match message.message_type() {
-            NLMSG_DONE => check_done(payload).map(|()| Flow::Done),
-            NLMSG_ERROR => check_error(payload).map(|()| Flow::More),
-            NLMSG_OVERRUN => Err(ScanError::Malformed("NLMSG_OVERRUN".into())),
-            SOCK_DIAG_BY_FAMILY => {
-                match parse_inet_diag_msg(payload, self.netns) {
-                    Ok(Some(socket)) => self.sockets.push(socket),
-                    Ok(None) => {}
-                    Err(_) => self.malformed += 1,
-                }
-                Ok(Flow::More)
-            }
-            // NLMSG_NOOP and anything unexpected.
-            _ => Ok(Flow::More),
-        }
     }
 }
 
 /// `NLMSG_ALIGN`: netlink messages start on 4-byte boundaries.
 fn nlmsg_align(len: usize) -> usize {
     len.saturating_add(3) & !3
-}
-
-/// `NLMSG_DONE` carries the dump's final status: negative errno on failure.
-/// (A zero-length payload is allowed.)
-fn check_done(payload: &[u8]) -> Result<(), ScanError> {
-    if payload.is_empty() {
-        return Ok(());
-    }
-    let done = DoneBuffer::new_checked(payload)
-        .map_err(|err| ScanError::Malformed(format!("NLMSG_DONE: {err}")))?;
-    match done.code() {
-        code if code < 0 => Err(kernel_error(code)),
-        _ => Ok(()),
-    }
-}
-
-/// `NLMSG_ERROR` with a non-zero code fails the dump; code 0 is an ACK.
-fn check_error(payload: &[u8]) -> Result<(), ScanError> {
-    let error = ErrorBuffer::new_checked(payload)
-        .map_err(|err| ScanError::Malformed(format!("NLMSG_ERROR: {err}")))?;
-    match error.code() {
-        Some(code) => Err(kernel_error(code.get())),
-        None => Ok(()),
-    }
 }
 
 /// A kernel status code (negative errno) as an error.
@@ -647,8 +544,9 @@ fn tcpi_last_ack_recv(tcp_info: &[u8]) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netlink_packet_core::{NetlinkBuffer, NLMSG_DONE, NLMSG_ERROR};
+    use std::fs;
     use std::net::{Ipv4Addr, Ipv6Addr, TcpListener, TcpStream};
-    use std::process::Command;
     use std::time::Instant;
 
     const NLMSG_HDR_LEN: usize = 16;
@@ -945,16 +843,6 @@ mod tests {
     }
 
     #[test]
-    fn list_netns_includes_own_namespace() {
-        let own = fs::metadata("/proc/self/ns/net").unwrap().ino();
-        let all = list_netns();
-        assert!(all.iter().any(|ns| u64::from(ns.inode) == own));
-        let mut inodes: Vec<u32> = all.iter().map(|ns| ns.inode).collect();
-        inodes.dedup();
-        assert_eq!(inodes.len(), all.len(), "sorted and deduplicated");
-    }
-
-    #[test]
     fn vanished_namespace_is_skipped_silently() {
         let gone = NetNs {
             inode: 1,
@@ -970,37 +858,6 @@ mod tests {
     /// `SO_COOKIE` from asm-generic/socket.h (not exported by libc for gnu).
     const SO_COOKIE: libc::c_int = 57;
 
-    /// A named network namespace, deleted on drop.
-    struct TestNetns {
-        name: String,
-    }
-
-    impl TestNetns {
-        fn create(name: &str) -> Self {
-            run_ip(&["netns", "add", name]);
-            let netns = Self { name: name.into() };
-            run_ip(&["-n", name, "link", "set", "lo", "up"]);
-            netns
-        }
-
-        fn path(&self) -> PathBuf {
-            Path::new(NAMED_NETNS_DIR).join(&self.name)
-        }
-    }
-
-    impl Drop for TestNetns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.name])
-                .status();
-        }
-    }
-
-    fn run_ip(args: &[&str]) {
-        let status = Command::new("ip").args(args).status().expect("run ip(8)");
-        assert!(status.success(), "ip {args:?} failed: {status}");
-    }
-
     /// Connects to a new listener on `listen`, closes the client, returns
     /// the accepted (soon CLOSE_WAIT) side; `None` if `listen` is unusable.
     fn close_wait_pair(listen: &str, connect_ip: &str) -> Option<TcpStream> {
@@ -1015,17 +872,13 @@ mod tests {
     /// Creates CLOSE_WAIT sockets inside the namespace at `ns_path`: IPv4
     /// (always), IPv6 and v4-mapped (when the namespace has IPv6).
     fn close_wait_sockets_in(ns_path: PathBuf) -> Vec<TcpStream> {
-        thread::spawn(move || {
-            let ns = File::open(&ns_path).expect("open netns");
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", io::Error::last_os_error());
+        closewait_host::netns::run_in(&ns_path, || {
             let mut streams = vec![close_wait_pair("127.0.0.1:0", "127.0.0.1").expect("v4")];
             streams.extend(close_wait_pair("[::1]:0", "::1"));
             streams.extend(close_wait_pair("[::]:0", "127.0.0.1"));
             streams
         })
-        .join()
-        .expect("socket thread")
+        .expect("enter the namespace")
     }
 
     fn so_cookie(stream: &TcpStream) -> u64 {
@@ -1070,7 +923,9 @@ mod tests {
     #[test]
     #[ignore = "needs root and ip(8): creates a network namespace"]
     fn scan_finds_close_wait_in_other_netns() {
-        let netns = TestNetns::create(&format!("cwt-scan-test-{}", std::process::id()));
+        let netns =
+            closewait_host::netns::Named::create(&format!("cwt-scan-test-{}", std::process::id()))
+                .expect("ip netns add");
         let ns_inode = u32::try_from(fs::metadata(netns.path()).unwrap().ino()).unwrap();
         let streams = close_wait_sockets_in(netns.path());
         for stream in &streams {

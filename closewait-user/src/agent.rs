@@ -1,0 +1,511 @@
+//! The event loop: ring buffer -> decode -> filter -> tracker -> enrichment
+//! -> read model -> outputs. Wiring only; each stage lives in its module.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    io::{self, BufWriter},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use closewait_common::decode;
+use closewait_host::clock::mono_ns;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
+
+use crate::{
+    cli::{Cli, StacksMode},
+    discovery::{self, ScanError, ScanResult, ScannedSocket},
+    enrich::{self, Context},
+    model::{Enriched, Model},
+    output::{self, format::WallClock, Output, StartInfo},
+    privileges,
+    probe::{Drops, LoadOptions, Probe},
+    tracking::{Filter, Found, Observed, OwnerFilter, Report, Socket, Tracker, Transition},
+};
+
+/// How often the ring buffer is drained when the kernel does not wake us
+/// (it only does when the buffer fills up: a wakeup costs ~12 us).
+const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+/// How long to wait for owner and stack lookups still running: at exit, and
+/// at start-up for the owner filter's verdicts on the sockets found then.
+const CONTEXT_PATIENCE: Duration = Duration::from_secs(2);
+/// How often the kernel's drop counters are read and the model's counts
+/// refreshed.
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A report waiting, in order, for the context of its socket.
+struct Pending {
+    report: Report,
+    at_ns: u64,
+    /// The tracker id whose context must arrive first.
+    needs: Option<u64>,
+}
+
+/// Per-run state the event loop shares with its helpers.
+struct Agent {
+    tracker: Tracker,
+    filter: Filter,
+    cookies: bool,
+    /// `--all`: entries and closes are shown, so gated sockets keep the
+    /// context their verdict was based on.
+    all: bool,
+    out: Box<dyn Output>,
+    model: Model,
+    /// Records the agent could not decode (a version mismatch; never expected).
+    decode_errors: u64,
+    /// Reports in output order; the head waits for its context.
+    queue: VecDeque<Pending>,
+    /// Nothing is shown before the start line.
+    started: bool,
+    /// Contexts that arrived and are not yet in the model.
+    contexts: HashMap<u64, Arc<Context>>,
+    /// Asked of the resolver, not answered yet.
+    requested: HashSet<u64>,
+    resolver: std::sync::mpsc::Sender<enrich::Request>,
+    /// A socket was found in CLOSE_WAIT at start or flagged stuck: the cue
+    /// for `--stacks auto` to start recording creation stacks.
+    trouble: bool,
+}
+
+impl Agent {
+    /// Apply every record waiting in the ring buffer.
+    fn drain(&mut self, rb: &mut RingBuf<MapData>) -> io::Result<()> {
+        while let Some(item) = rb.next() {
+            let Ok(raw) = decode(&item) else {
+                self.decode_errors += 1;
+                continue;
+            };
+            let Some(obs) = Observed::from_raw(&raw, self.cookies) else {
+                continue;
+            };
+            // Exits carry only the cookie (BTF mode): they are matched to
+            // entries, which passed the filter.
+            let entering = matches!(obs.transition, Transition::Enter { .. });
+            if entering && !self.filter.matches_socket(&obs.socket) {
+                continue;
+            }
+            let id = obs.socket.id(self.cookies);
+            let ts = obs.ts_ns;
+            for report in self.tracker.on_event(id, obs) {
+                self.emit(report, ts);
+            }
+        }
+        self.settle()
+    }
+
+    /// Reconcile with a finished scan. Drain the ring buffer first, so every
+    /// event committed before the scan ended has been applied.
+    fn reconcile(&mut self, scan: &ScanResult, startup: bool) -> io::Result<()> {
+        let found: Vec<Found> = scan
+            .sockets
+            .iter()
+            .map(|s| found_from_scan(s, self.cookies))
+            .filter(|f| self.filter.matches_socket(&f.socket))
+            .collect();
+        let now = mono_ns();
+        for report in self.tracker.finish_scan(found, now, startup) {
+            self.emit(report, now);
+        }
+        self.settle()
+    }
+
+    fn poll_stuck(&mut self) -> io::Result<()> {
+        let now = mono_ns();
+        for report in self.tracker.poll_stuck(now) {
+            self.emit(report, now);
+        }
+        self.settle()
+    }
+
+    /// After a batch: ask for the owners of sockets waiting for the owner
+    /// filter's verdict, then print what is ready.
+    fn settle(&mut self) -> io::Result<()> {
+        for (id, socket) in self.tracker.take_unresolved() {
+            self.request(id, socket);
+        }
+        self.flush()
+    }
+
+    fn request(&mut self, id: u64, socket: Socket) {
+        if self.contexts.contains_key(&id) || !self.requested.insert(id) {
+            return;
+        }
+        if self.resolver.send(enrich::Request { id, socket }).is_err() {
+            self.requested.remove(&id);
+        }
+    }
+
+    /// Queue a report. Existing and stuck sockets get their owners and
+    /// creation stack looked up first; the close of such a socket reuses
+    /// what was found then (its owner may be gone by now).
+    fn emit(&mut self, report: Report, at_ns: u64) {
+        let id = report.socket().id(self.cookies);
+        let known = |a: &Agent| {
+            a.contexts.contains_key(&id) || a.requested.contains(&id) || a.model.is_reported(id)
+        };
+        let needs = match &report {
+            Report::Existing { .. } | Report::Stuck { .. } => {
+                self.trouble = true;
+                if !self.model.is_reported(id) {
+                    self.request(id, report.socket().clone());
+                }
+                Some(id)
+            }
+            Report::Enter { .. } | Report::Close { .. } if known(self) => Some(id),
+            _ => None,
+        };
+        self.queue.push_back(Pending {
+            report,
+            at_ns,
+            needs,
+        });
+    }
+
+    fn on_context(&mut self, response: enrich::Response) -> io::Result<()> {
+        let id = response.id;
+        self.requested.remove(&id);
+        let ctx = response.context;
+        if self.filter.owner.is_set() {
+            let selected = self
+                .filter
+                .owner
+                .matches(ctx.owners.iter().map(|o| (o.pid, o.comm.as_str())));
+            let now = mono_ns();
+            let reports = self.tracker.admit(id, selected, now);
+            let shown = !reports.is_empty() || self.all;
+            if selected && (shown || self.queue.iter().any(|p| p.needs == Some(id))) {
+                self.contexts.insert(id, ctx);
+            }
+            for report in reports {
+                self.emit(report, now);
+            }
+        } else {
+            self.contexts.insert(id, ctx);
+        }
+        self.settle()
+    }
+
+    /// Print queued reports whose context is in, in order.
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_inner(false)
+    }
+
+    /// At exit: print everything, with or without context.
+    fn flush_all(&mut self) -> io::Result<()> {
+        self.flush_inner(true)
+    }
+
+    fn flush_inner(&mut self, force: bool) -> io::Result<()> {
+        if !self.started {
+            return Ok(());
+        }
+        while let Some(head) = self.queue.front() {
+            let ready = head.needs.is_none_or(|id| !self.requested.contains(&id));
+            if !ready && !force {
+                break;
+            }
+            let Some(Pending {
+                report,
+                at_ns,
+                needs,
+            }) = self.queue.pop_front()
+            else {
+                break;
+            };
+            let id = report.socket().id(self.cookies);
+            let ctx = needs.and_then(|id| {
+                self.contexts
+                    .get(&id)
+                    .cloned()
+                    .or_else(|| self.model.context(id))
+            });
+            let closing = matches!(report, Report::Close { .. });
+            let reported = matches!(report, Report::Existing { .. } | Report::Stuck { .. });
+            let enriched = Enriched {
+                id,
+                report,
+                at_ns,
+                ctx,
+            };
+            self.model.apply(&enriched);
+            self.out.event(&enriched)?;
+            if closing || (reported && !self.queue.iter().any(|p| p.needs == Some(id))) {
+                // Gone from CLOSE_WAIT, or now kept by the model.
+                self.contexts.remove(&id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Refresh what the model says about counts and drops.
+    fn refresh_model(&mut self, drops: Drops) {
+        self.model.set_counts(self.tracker.counts());
+        self.model.set_drops(drops);
+    }
+}
+
+fn found_from_scan(s: &ScannedSocket, cookies: bool) -> Found {
+    let bytes = |a: std::net::IpAddr| -> [u8; 16] {
+        match a {
+            std::net::IpAddr::V4(v4) => {
+                let mut out = [0; 16];
+                out[..4].copy_from_slice(&v4.octets());
+                out
+            }
+            std::net::IpAddr::V6(v6) => v6.octets(),
+        }
+    };
+    let socket = Socket::new(
+        Some(s.cookie),
+        s.family,
+        bytes(s.laddr),
+        s.lport,
+        bytes(s.raddr),
+        s.rport,
+        Some(s.netns),
+    );
+    let socket = Socket {
+        inode: (s.inode != 0).then_some(s.inode),
+        ..socket
+    };
+    Found {
+        id: socket.id(cookies),
+        socket,
+        age_ns: s.last_ack_recv_ms.map(|ms| u64::from(ms) * 1_000_000),
+    }
+}
+
+/// Scan every network namespace on a blocking thread; the result arrives on
+/// `tx`.
+fn spawn_scan(tx: mpsc::Sender<Result<ScanResult, ScanError>>) {
+    tokio::task::spawn_blocking(move || {
+        let _ = tx.blocking_send(discovery::scan_all());
+    });
+}
+
+/// Whether the reader of stdout went away (a closed pipe, a hung-up
+/// terminal), without writing to it.
+fn stdout_gone() -> bool {
+    let mut fds = libc::pollfd {
+        fd: libc::STDOUT_FILENO,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; zero timeout.
+    let rc = unsafe { libc::poll(&mut fds, 1, 0) };
+    rc > 0 && fds.revents & (libc::POLLERR | libc::POLLHUP) != 0
+}
+
+/// Whether `err` means the reader of stdout went away.
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Run until `--duration`, a signal, or the reader of stdout leaving. Ends
+/// with `Err` carrying a BrokenPipe io::Error in the last case, which the
+/// binary ends quietly on ([`is_broken_pipe`]).
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    privileges::check()?;
+    privileges::raise_memlock();
+    let stacks_mode = cli.stacks_mode();
+    let probe = Probe::load(&LoadOptions {
+        attach: cli.attach,
+        ports: cli.ports.clone(),
+        ring_buffer_bytes: cli.ring_buffer_size,
+        stacks: stacks_mode != StacksMode::Off,
+    })?;
+    let Probe {
+        mode,
+        events,
+        mut kernel,
+        creations,
+    } = probe;
+    let mut stacks_armed = stacks_mode == StacksMode::On && kernel.arm_stacks()?;
+    let owner_filter = OwnerFilter {
+        pids: cli.pids.clone(),
+        comms: cli.comms.clone(),
+    };
+    let (ctx_tx, mut ctx_rx) = mpsc::unbounded_channel();
+    let resolver = enrich::spawn(creations, owner_filter.clone(), ctx_tx)
+        .context("starting the context thread")?;
+    // SAFETY: the RingBuf owns its map fd, which stays open and unchanged
+    // for as long as the AsyncFd owns the RingBuf.
+    let mut rb = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+        .context("polling the ring buffer")?;
+    let clock = WallClock::new(mono_ns(), SystemTime::now());
+    let stdout = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
+    let gated = owner_filter.is_set();
+    let mut agent = Agent {
+        tracker: Tracker::new(cli.threshold.as_nanos() as u64, cli.all, gated),
+        filter: Filter {
+            ports: cli.ports.clone(),
+            family: cli.family(),
+            owner: owner_filter,
+        },
+        cookies: mode.has_cookies(),
+        all: cli.all,
+        out: output::for_cli(cli.json, stdout, clock),
+        model: Model::default(),
+        decode_errors: 0,
+        queue: VecDeque::new(),
+        started: false,
+        contexts: HashMap::new(),
+        requested: HashSet::new(),
+        resolver,
+        trouble: false,
+    };
+
+    // Start-up scan, after attach so nothing falls between the two.
+    agent.tracker.begin_scan(mono_ns());
+    let namespaces = discovery::list_netns();
+    let netns_scanned = namespaces.len();
+    let scan = tokio::task::spawn_blocking(move || discovery::scan_close_wait(&namespaces))
+        .await
+        .context("start-up scan")?
+        .context("scanning for sockets already in CLOSE_WAIT")?;
+    for err in &scan.errors {
+        eprintln!("closewait-trace: warning: {err}");
+    }
+    agent.drain(rb.get_mut())?;
+    agent.reconcile(&scan, true)?;
+    if gated {
+        // The start line counts only the sockets the owner filter selects.
+        let patience = tokio::time::sleep(CONTEXT_PATIENCE);
+        tokio::pin!(patience);
+        let mut tick = tokio::time::interval(DRAIN_INTERVAL);
+        while !agent.requested.is_empty() {
+            tokio::select! {
+                Some(response) = ctx_rx.recv() => agent.on_context(response)?,
+                _ = tick.tick() => agent.drain(rb.get_mut())?,
+                _ = &mut patience => break,
+            }
+        }
+    }
+    let now = mono_ns();
+    agent.out.start(
+        &StartInfo {
+            attach: mode.name(),
+            stacks: stacks_mode.name(),
+            threshold: cli.threshold,
+            existing: agent.tracker.totals().existing,
+            netns_scanned,
+        },
+        now,
+    )?;
+    agent.started = true;
+    agent.flush()?;
+    agent.out.flush()?;
+    let started = Instant::now();
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let end = async {
+        match cli.duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(end);
+    let mut tick = tokio::time::interval(DRAIN_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (scan_tx, mut scan_rx) = mpsc::channel(1);
+    let mut scan_in_flight = false;
+    let mut next_scan = Instant::now() + cli.reconcile_interval;
+    let mut next_stats = Instant::now() + STATS_INTERVAL;
+    let mut drops_seen = Drops::default();
+
+    loop {
+        let mut scan_done = None;
+        tokio::select! {
+            guard = rb.readable_mut() => guard?.clear_ready(),
+            _ = tick.tick() => {}
+            Some(res) = scan_rx.recv() => scan_done = Some(res),
+            Some(response) = ctx_rx.recv() => agent.on_context(response)?,
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = sighup.recv() => break,
+            _ = &mut end => break,
+        }
+        if stdout_gone() {
+            return Err(io::Error::from(io::ErrorKind::BrokenPipe).into());
+        }
+        agent.drain(rb.get_mut())?;
+        if let Some(res) = scan_done {
+            scan_in_flight = false;
+            match res {
+                Ok(scan) => agent.reconcile(&scan, false)?,
+                Err(err) => {
+                    eprintln!("closewait-trace: warning: reconciliation scan failed: {err}")
+                }
+            }
+        }
+        agent.poll_stuck()?;
+        if stacks_mode == StacksMode::Auto && agent.trouble && !stacks_armed {
+            stacks_armed = kernel.arm_stacks()?;
+            if stacks_armed {
+                eprintln!("closewait-trace: sockets are stuck in CLOSE_WAIT: recording creation stacks from now on");
+            }
+        }
+        let wall_now = Instant::now();
+        if wall_now >= next_stats {
+            next_stats = wall_now + STATS_INTERVAL;
+            let drops = kernel.drops()?;
+            if drops.events_lost() != drops_seen.events_lost() {
+                agent.out.lost(&drops.since(&drops_seen), mono_ns())?;
+                // Lost events may hide an entry or an exit: check now.
+                next_scan = wall_now;
+            }
+            drops_seen = drops;
+            agent.refresh_model(drops);
+        }
+        if wall_now >= next_scan && !scan_in_flight {
+            next_scan = wall_now + cli.reconcile_interval;
+            scan_in_flight = true;
+            agent.tracker.begin_scan(mono_ns());
+            spawn_scan(scan_tx.clone());
+        }
+        agent.out.flush()?;
+    }
+
+    // Final drain and drop count, then detach before printing.
+    agent.drain(rb.get_mut())?;
+    agent.poll_stuck()?;
+    // Give owner and stack lookups in flight a moment, then print the rest.
+    let patience = tokio::time::sleep(CONTEXT_PATIENCE);
+    tokio::pin!(patience);
+    while !agent.requested.is_empty() {
+        tokio::select! {
+            Some(response) = ctx_rx.recv() => agent.on_context(response)?,
+            _ = &mut patience => break,
+        }
+    }
+    agent.flush_all()?;
+    let now = mono_ns();
+    let drops = kernel.drops()?;
+    if drops.events_lost() != drops_seen.events_lost() {
+        agent.out.lost(&drops.since(&drops_seen), now)?;
+    }
+    drop(kernel);
+    drop(rb);
+    if agent.decode_errors > 0 {
+        eprintln!(
+            "closewait-trace: warning: {} kernel records could not be decoded",
+            agent.decode_errors
+        );
+    }
+    agent.refresh_model(drops);
+    agent.out.summary(&agent.model, started.elapsed(), now)?;
+    agent.out.flush()?;
+    Ok(())
+}
