@@ -2,7 +2,7 @@
 
 use std::{
     env,
-    os::unix::process::ExitStatusExt as _,
+    os::unix::process::{CommandExt as _, ExitStatusExt as _},
     path::{Path, PathBuf},
     process::Command,
 };
@@ -50,6 +50,14 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 pub fn run_echoed(cmd: &mut Command) -> Result<()> {
     eprintln!("$ {}", display(cmd));
     run(cmd)
+}
+
+/// Prints `$ <command line>`, then replaces this process with it, so that its exit code and
+/// signals are its own. Returns only on error.
+pub fn exec_echoed(cmd: &mut Command) -> Result<()> {
+    eprintln!("$ {}", display(cmd));
+    let err = cmd.exec();
+    Err(err).with_context(|| format!("failed to start: {}", display(cmd)))
 }
 
 /// Puts cargo's bin directory (where `cargo install` puts bpf-linker) on `PATH`, so that we and
