@@ -11,7 +11,11 @@
 //! before the syscall returns), so the fast path is exactly the blocking
 //! sequence of syscalls; if a step would block anyway, a bounded `poll`
 //! waits for it, so nothing can hang.
+//!
+//! The benchmark harness that runs churn next to closewait-trace and peer
+//! tracers (`cargo xtask bench`, binary `closewait-bench`) is [`harness`].
 
+pub mod harness;
 pub mod sys;
 
 use std::collections::BTreeMap;
