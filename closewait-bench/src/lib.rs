@@ -11,17 +11,23 @@
 //! before the syscall returns), so the fast path is exactly the blocking
 //! sequence of syscalls; if a step would block anyway, a bounded `poll`
 //! waits for it, so nothing can hang.
+//!
+//! The benchmark harness that runs churn next to closewait-trace and peer
+//! tracers (`cargo xtask bench`, binary `closewait-bench`) is [`harness`].
 
+pub mod harness;
 pub mod sys;
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use closewait_host::{clock::mono_ns, netns};
 
 /// How long one step of one connection may wait before it counts as failed.
 /// A little more than the 1 s initial SYN retransmission timeout, so a single
@@ -30,31 +36,6 @@ pub const STEP_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// File descriptors kept in reserve (stdio, listener, a client in flight...).
 const FD_RESERVE: u64 = 8;
-
-/// Parse `500ms`, `5s`, `2m` (a non-negative integer and a unit).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{s}`: missing unit (use e.g. 500ms, 5s, 2m)"))?;
-    let (num, unit) = s.split_at(split);
-    if num.is_empty() {
-        return Err(format!("`{s}`: expected a number then ms, s or m"));
-    }
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}`: number out of range"))?;
-    let ms_per_unit: u64 = match unit {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s or m)")),
-    };
-    let ms = n
-        .checked_mul(ms_per_unit)
-        .ok_or_else(|| format!("`{s}`: duration too long"))?;
-    Ok(Duration::from_millis(ms))
-}
 
 /// Refuse anything but loopback: 127.0.0.0/8 or ::1.
 pub fn check_loopback(ip: &IpAddr) -> Result<()> {
@@ -252,7 +233,7 @@ pub fn run_churn(cfg: &ChurnConfig) -> Result<ChurnStats> {
         ..Default::default()
     };
 
-    let start = sys::mono_ns();
+    let start = mono_ns();
     let end = start + cfg.duration.as_nanos() as u64;
     let interval_ns = cfg.rate.map(|r| 1e9 / r);
     let mut slot: u64 = 0;
@@ -261,7 +242,7 @@ pub fn run_churn(cfg: &ChurnConfig) -> Result<ChurnStats> {
     let mut last_progress = (start, 0u64);
 
     loop {
-        let now = sys::mono_ns();
+        let now = mono_ns();
         if now >= end {
             break;
         }
@@ -298,7 +279,7 @@ pub fn run_churn(cfg: &ChurnConfig) -> Result<ChurnStats> {
             Err(Fail::NoPort) => {
                 st.errors += 1;
                 st.port_exhausted += 1;
-                let now = sys::mono_ns();
+                let now = mono_ns();
                 sys::sleep_until_ns((now + backoff_ns).min(end));
                 backoff_ns = (backoff_ns * 2).min(50_000_000);
             }
@@ -312,7 +293,7 @@ pub fn run_churn(cfg: &ChurnConfig) -> Result<ChurnStats> {
             }
         }
     }
-    st.seconds = (sys::mono_ns() - start) as f64 / 1e9;
+    st.seconds = (mono_ns() - start) as f64 / 1e9;
     Ok(st)
 }
 
@@ -403,10 +384,10 @@ pub fn run_hold(cfg: &HoldConfig, truth: &mut dyn Write) -> Result<u64> {
         let mut open = Vec::with_capacity(b);
         for (c, s, lport) in pairs {
             sys::close(s).context("server close")?;
-            let t_fin = sys::mono_ns();
+            let t_fin = mono_ns();
             open.push((c, lport, t_fin));
         }
-        let last_fin = open.last().map(|p| p.2).unwrap_or_else(sys::mono_ns);
+        let last_fin = open.last().map(|p| p.2).unwrap_or_else(mono_ns);
         sys::sleep_until_ns(last_fin + hold_ns);
         for (c, lport, t_fin) in open {
             let mut slow = 0;
@@ -417,7 +398,7 @@ pub fn run_hold(cfg: &HoldConfig, truth: &mut dyn Write) -> Result<u64> {
             if n != 0 {
                 bail!("client {lport}: expected EOF, got data");
             }
-            let t_close = sys::mono_ns();
+            let t_close = mono_ns();
             sys::close(c).context("client close")?;
             let rec = HoldRecord {
                 lport,
@@ -511,7 +492,7 @@ impl PortPicker {
     fn new(skip: u16) -> Self {
         let (lo, hi, reserved) = local_port_range();
         let span = (hi - lo) as u64 + 1;
-        let offset = (std::process::id() as u64 * 7919 + sys::mono_ns() / 1000) % span;
+        let offset = (std::process::id() as u64 * 7919 + mono_ns() / 1000) % span;
         PortPicker {
             lo,
             hi,
@@ -614,14 +595,14 @@ pub fn park(addr: &SocketAddr, n: usize) -> Result<Parked> {
     }
 
     // Every parked socket must really be in CLOSE_WAIT.
-    let deadline = sys::mono_ns() + 2_000_000_000;
+    let deadline = mono_ns() + 2_000_000_000;
     for (i, s) in socks.iter().enumerate() {
         loop {
             let st = sys::tcp_state(s).context("getsockopt(TCP_INFO)")?;
             if st == sys::TCP_CLOSE_WAIT {
                 break;
             }
-            let now = sys::mono_ns();
+            let now = mono_ns();
             if now >= deadline {
                 bail!("parked socket {i} is in TCP state {st}, not CLOSE_WAIT (8)");
             }
@@ -692,14 +673,14 @@ pub fn catch_release_signals() -> io::Result<()> {
 /// count.
 pub fn wait_for_release(max: Duration, watch_stdin: bool) -> io::Result<Release> {
     catch_release_signals()?;
-    let deadline = sys::mono_ns() + max.as_nanos() as u64;
+    let deadline = mono_ns() + max.as_nanos() as u64;
     let mut buf = [0u8; 4096];
     loop {
         let sig = SIGNALLED.load(Ordering::SeqCst);
         if sig != 0 {
             return Ok(Release::Signal(sig));
         }
-        let now = sys::mono_ns();
+        let now = mono_ns();
         if now >= deadline {
             return Ok(Release::Timeout);
         }
@@ -754,8 +735,8 @@ fn netns_interfaces() -> Result<Vec<String>> {
 /// initial one (PID 1's, when readable, or the kernel's fixed init inode)
 /// and no interface but `lo`. Returns a description of what was changed.
 pub fn tune_netns() -> Result<Vec<String>> {
-    let me = sys::ns_inode("/proc/self/ns/net").context("stat /proc/self/ns/net")?;
-    let init = sys::ns_inode("/proc/1/ns/net").ok();
+    let me = netns::inode(Path::new("/proc/self/ns/net")).context("stat /proc/self/ns/net")?;
+    let init = netns::inode(Path::new("/proc/1/ns/net")).ok();
     let others: Vec<String> = netns_interfaces()?
         .into_iter()
         .filter(|n| n != "lo")
@@ -803,30 +784,6 @@ mod tests {
 
     fn lo() -> SocketAddr {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
-        assert_eq!(parse_duration(" 10s "), Ok(Duration::from_secs(10)));
-        for bad in [
-            "",
-            "5",
-            "s",
-            "ms",
-            "5h",
-            "5 s",
-            "-5s",
-            "1.5s",
-            "5sec",
-            "99999999999999999999s",
-            "999999999999999999m",
-        ] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
-        }
     }
 
     #[test]

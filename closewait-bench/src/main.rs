@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use closewait_host::duration;
 
 use closewait_bench::{
-    catch_release_signals, check_loopback, park, parse_duration, run_churn, run_hold,
-    stdin_is_dev_null, sys, tune_netns, wait_for_release, ChurnConfig, HoldConfig, Release,
+    catch_release_signals, check_loopback, park, run_churn, run_hold, stdin_is_dev_null, sys,
+    tune_netns, wait_for_release, ChurnConfig, HoldConfig, Release,
 };
 
 /// Loopback TCP connection churn for benchmarking closewait-trace.
@@ -41,7 +42,7 @@ struct Cli {
     tune_netns: bool,
 
     /// churn: run this long (e.g. 500ms, 5s, 2m)
-    #[arg(long, value_name = "DUR", value_parser = parse_duration,
+    #[arg(long, value_name = "DUR", value_parser = duration::parse,
           required_unless_present_any = ["hold", "park"], conflicts_with_all = ["hold", "park"])]
     duration: Option<Duration>,
 
@@ -54,7 +55,7 @@ struct Cli {
     progress: bool,
 
     /// hold: leave each client socket in CLOSE_WAIT this long (ground truth for dwell)
-    #[arg(long, value_name = "DUR", value_parser = parse_duration, requires = "count",
+    #[arg(long, value_name = "DUR", value_parser = duration::parse, requires = "count",
           conflicts_with = "park")]
     hold: Option<Duration>,
 
@@ -76,7 +77,7 @@ struct Cli {
     park: Option<usize>,
 
     /// park: give up waiting and exit after this long
-    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "60m",
+    #[arg(long, value_name = "DUR", value_parser = duration::parse, default_value = "60m",
           requires = "park")]
     park_timeout: Duration,
 }

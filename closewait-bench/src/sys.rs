@@ -1,6 +1,6 @@
 //! Thin wrappers over the libc calls the modes need: non-blocking loopback
-//! sockets with a bounded `poll` fallback, the monotonic clock, limits and
-//! CPU affinity.
+//! sockets with a bounded `poll` fallback, sleeping on the monotonic clock,
+//! limits and CPU affinity.
 
 use std::io;
 use std::mem;
@@ -8,17 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-/// Nanoseconds on `CLOCK_MONOTONIC` (the clock the kernel's tracepoint
-/// timestamps are on).
-pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+use closewait_host::clock::mono_ns;
 
 /// Sleep until `CLOCK_MONOTONIC` reaches `deadline_ns` (absolute, so a
 /// sequence of deadlines does not accumulate drift).
@@ -427,12 +417,6 @@ pub fn tcp_state(fd: &OwnedFd) -> io::Result<u8> {
         )
     })?;
     Ok(info.tcpi_state)
-}
-
-/// Inode of a namespace link such as `/proc/self/ns/net`.
-pub fn ns_inode(path: &str) -> io::Result<u64> {
-    use std::os::unix::fs::MetadataExt;
-    Ok(std::fs::metadata(path)?.ino())
 }
 
 pub const TCP_CLOSE_WAIT: u8 = 8;

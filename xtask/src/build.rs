@@ -1,10 +1,8 @@
 //! `cargo xtask build` and `cargo xtask run`.
 
-use std::{
-    env, ffi::OsString, os::unix::process::CommandExt as _, path::PathBuf, process::Command,
-};
+use std::{env, ffi::OsString, path::PathBuf, process::Command};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
 use crate::{cmd, setup};
 
@@ -18,17 +16,24 @@ pub struct BuildArgs {
 /// Runs setup, builds closewait-trace, and returns the path of the binary.
 pub fn build(args: &BuildArgs) -> Result<PathBuf> {
     setup::setup()?;
+    let dir = cargo_build(&["closewait-user"], !args.debug)?;
+    Ok(dir.join("closewait-trace"))
+}
+
+/// `cargo build -p PACKAGE...` (`--release` if `release`); the directory the binaries are in.
+pub fn cargo_build(packages: &[&str], release: bool) -> Result<PathBuf> {
     let mut cargo = cmd::cargo();
     // aya-build compiles the eBPF crate with `-Z build-std=core`; this allows it on stable.
-    cargo
-        .env("RUSTC_BOOTSTRAP", "1")
-        .args(["build", "-p", "closewait-user"]);
-    if !args.debug {
+    cargo.env("RUSTC_BOOTSTRAP", "1").arg("build");
+    for package in packages {
+        cargo.args(["-p", package]);
+    }
+    if release {
         cargo.arg("--release");
     }
     cmd::run_echoed(&mut cargo)?;
-    let profile = if args.debug { "debug" } else { "release" };
-    Ok(target_dir().join(profile).join("closewait-trace"))
+    let profile = if release { "release" } else { "debug" };
+    Ok(target_dir().join(profile))
 }
 
 /// Builds closewait-trace, then replaces this process with it (through sudo when not root and
@@ -43,9 +48,7 @@ pub fn run(args: &BuildArgs, trace_args: &[OsString]) -> Result<()> {
         Command::new(&binary)
     };
     trace.args(trace_args);
-    eprintln!("$ {}", cmd::display(&trace));
-    let err = trace.exec();
-    Err(err).with_context(|| format!("failed to start: {}", cmd::display(&trace)))
+    cmd::exec_echoed(&mut trace)
 }
 
 /// Cargo's target directory: `CARGO_TARGET_DIR` (relative to the workspace root) or `target`.

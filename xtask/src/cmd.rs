@@ -2,14 +2,17 @@
 
 use std::{
     env,
-    ffi::OsStr,
-    fs,
-    os::unix::{fs::PermissionsExt as _, process::ExitStatusExt as _},
+    os::unix::process::{CommandExt as _, ExitStatusExt as _},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
 };
 
 use anyhow::{bail, Context as _, Result};
+// Written once in closewait-host (the benchmark uses them too); the tasks call them as `cmd::…`.
+pub use closewait_host::{
+    command::{display, find_program, probe},
+    privileges::is_root,
+};
 
 /// The workspace root (the parent of the xtask crate).
 pub fn workspace_root() -> &'static Path {
@@ -23,27 +26,6 @@ pub fn cargo() -> Command {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(workspace_root());
     cmd
-}
-
-/// The command line as a user could type it, including the variables set on `cmd`.
-pub fn display(cmd: &Command) -> String {
-    let envs = cmd
-        .get_envs()
-        .filter_map(|(key, val)| Some(format!("{}={}", key.to_string_lossy(), quote(val?))));
-    let argv = std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(quote);
-    envs.chain(argv).collect::<Vec<_>>().join(" ")
-}
-
-fn quote(s: &OsStr) -> String {
-    let s = s.to_string_lossy();
-    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c);
-    if !s.is_empty() && s.chars().all(plain) {
-        s.into_owned()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
 }
 
 /// Runs `cmd` and fails unless it exits successfully.
@@ -70,40 +52,12 @@ pub fn run_echoed(cmd: &mut Command) -> Result<()> {
     run(cmd)
 }
 
-/// Runs `cmd` quietly; its standard output if it could run and succeeded.
-pub fn probe(cmd: &mut Command) -> Option<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Where `name` is on `PATH` (or in /usr/sbin, /sbin, which a non-root `PATH` may lack).
-pub fn find_program(name: &str) -> Option<PathBuf> {
-    let path = env::var_os("PATH").unwrap_or_default();
-    env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|file| {
-            fs::metadata(file).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-}
-
-/// Whether this process runs with effective uid 0.
-pub fn is_root() -> bool {
-    let Ok(status) = fs::read_to_string("/proc/self/status") else {
-        return false;
-    };
-    // "Uid:	<real>	<effective>	<saved>	<fs>"
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        == Some("0")
+/// Prints `$ <command line>`, then replaces this process with it, so that its exit code and
+/// signals are its own. Returns only on error.
+pub fn exec_echoed(cmd: &mut Command) -> Result<()> {
+    eprintln!("$ {}", display(cmd));
+    let err = cmd.exec();
+    Err(err).with_context(|| format!("failed to start: {}", display(cmd)))
 }
 
 /// Puts cargo's bin directory (where `cargo install` puts bpf-linker) on `PATH`, so that we and

@@ -1,0 +1,83 @@
+//! The budget table: what closewait-trace promises, next to what this run measured.
+//! Informational only; nothing here fails a run.
+
+use std::fmt::Write as _;
+
+use super::{
+    plan::Config,
+    render::{int, mib, pct},
+    run::Results,
+    stats::{cpu_percent, percentile, ratios, samples, summary_number, Spread},
+};
+
+/// A budget row's verdict: `None` when met, else by how much it is missed.
+type Missed = Option<String>;
+
+fn missed_by(excess: f64, show: impl Fn(f64) -> String) -> Missed {
+    (excess > 0.0).then(|| show(excess))
+}
+
+pub(super) fn render_budget(out: &mut String, results: &Results) {
+    out.push_str(
+        "## Budget\n\nInformational (noisy machine): nothing here fails the run.\n\n\
+         | item | budget | measured | verdict |\n| --- | --- | --- | --- |\n",
+    );
+    let mut row = |item: &str, budget: &str, measured: Option<(String, Missed)>| {
+        let (measured, verdict) = match measured {
+            Some((text, None)) => (text, "met".to_owned()),
+            Some((text, Some(by))) => (text, format!("**missed by {by}**")),
+            None => ("no data".into(), String::new()),
+        };
+        let _ = writeln!(out, "| {item} | {budget} | {measured} | {verdict} |");
+    };
+    let pp = |x: f64| format!("{:.2} pp", x * 100.0);
+    let rounds = results.throughput.as_ref().ok();
+    let ratio = |c| rounds.and_then(|r| Spread::of(ratios(r, c)));
+    let closewait = ratio(Config::Closewait).map(|s| {
+        let text = s.show(|x| format!("{:.2}%", x * 100.0));
+        (text, missed_by(0.97 - s.median, pp))
+    });
+    row("closewait rate / none (median)", ">= 97%", closewait);
+    let overlap = ratio(Config::Closewait)
+        .zip(ratio(Config::Empty))
+        .map(|(c, e)| {
+            let text = format!("closewait {}, empty {}", c.show(pct), e.show(pct));
+            (text, missed_by(c.min.max(e.min) - c.max.min(e.max), pp))
+        });
+    row("closewait vs empty", "ranges overlap", overlap);
+    let lost = rounds.map(|r| {
+        let lost: f64 = samples(r, Config::Closewait)
+            .filter_map(|s| summary_number(s, "lost"))
+            .sum();
+        (int(lost), missed_by(lost, int))
+    });
+    row("lost events at max churn", "0", lost);
+    let p99 = results.dwell.as_ref().ok().and_then(|d| {
+        let mut errors = d.errors_ns.clone();
+        errors.sort_by(f64::total_cmp);
+        percentile(&errors, 99.0)
+    });
+    let ms = |ns: f64| format!("{:.3} ms", ns / 1e6);
+    let p99 = p99.map(|ns| (ms(ns), missed_by(ns - 1e6, ms)));
+    row("dwell error p99", "<= 1 ms", p99);
+    let cpu = results.cpu.as_ref().ok();
+    let cpu = cpu.and_then(|s| Spread::of(s.iter().filter_map(cpu_percent)));
+    let percent = |x: f64| format!("{x:.2}%");
+    let cpu = cpu.map(|s| (s.show(percent), missed_by(s.median - 5.0, percent)));
+    row("agent CPU at 20k conn/s (median)", "<= 5% of a core", cpu);
+    let rss = results.rss.as_ref().ok();
+    let rss = rss.map(|r| {
+        let text = format!("{} VmHWM", mib(r.hwm_kib));
+        let excess = r.hwm_kib as f64 - 64.0 * 1024.0;
+        (
+            text,
+            missed_by(excess, |kib| format!("{:.1} MiB", kib / 1024.0)),
+        )
+    });
+    row("memory, 100k sockets", "<= 64 MiB", rss);
+    let start = results.startup.as_ref().ok();
+    let start = start.and_then(|s| Spread::of(s.runs.iter().map(|r| r.0)));
+    let msec = |x: f64| format!("{:.0} ms", x * 1e3);
+    let start = start.map(|s| (s.show(msec), missed_by(s.max - 1.0, msec)));
+    row("start with 10k existing (max)", "<= 1 s", start);
+}
