@@ -1,7 +1,7 @@
 //! Root-only tests: the real binary, the real kernel, real sockets in network
-//! namespaces made for each test. Run one at a time:
-//! `cargo test -p closewait-user --test kernel -- --test-threads=1`
-//! (`cargo xtask test` does).
+//! namespaces made for each test. Run them with `cargo xtask test`: it
+//! builds the agent, then runs
+//! `CLOSEWAIT_TRACE_BIN=target/debug/closewait-trace cargo test -p closewait-tests -- --test-threads=1`.
 
 mod support;
 

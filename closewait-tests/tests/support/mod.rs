@@ -9,18 +9,41 @@ use std::{
     io::{BufRead, BufReader, Read},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{
         atomic::{AtomicUsize, Ordering},
         mpsc::{self, Receiver, RecvTimeoutError},
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
     },
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_closewait-trace");
+/// The agent under test: `$CLOSEWAIT_TRACE_BIN` when set (`cargo xtask test`
+/// sets it), else `target/<profile>/closewait-trace` next to this test
+/// binary (`target/<profile>/deps/kernel-*`). This crate does not build the
+/// agent: a missing binary is a panic that says how to get one.
+pub fn bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let path = match std::env::var_os("CLOSEWAIT_TRACE_BIN") {
+            Some(path) => PathBuf::from(path),
+            None => std::env::current_exe()
+                .ok()
+                .and_then(|exe| Some(exe.parent()?.parent()?.join("closewait-trace")))
+                .unwrap_or_else(|| PathBuf::from("closewait-trace")),
+        };
+        assert!(
+            path.is_file(),
+            "no closewait-trace binary at {}: run `cargo xtask test`, which builds it \
+             and runs these tests with CLOSEWAIT_TRACE_BIN set to it",
+            path.display()
+        );
+        path
+    })
+}
 
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -168,7 +191,7 @@ impl Tracer {
 
     fn spawn(args: &[&str], json: bool) -> Tracer {
         require_root();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         if json {
             cmd.arg("--json");
         }
@@ -352,11 +375,11 @@ pub fn run_to_end(args: &[&str], unprivileged: bool) -> Output {
             "--regid=65534",
             "--clear-groups",
             "--inh-caps=-all",
-            BIN,
         ]);
+        c.arg(bin());
         c
     } else {
-        Command::new(BIN)
+        Command::new(bin())
     };
     cmd.args(args)
         .stdin(Stdio::null())
