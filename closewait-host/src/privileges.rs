@@ -24,7 +24,7 @@ pub fn has(caps: u64, cap: u32) -> bool {
     caps & (1u64 << cap) != 0
 }
 
-/// "Uid:	<real>	<effective>	<saved>	<fs>" -> effective.
+/// "Uid:\t<real>\t<effective>\t<saved>\t<fs>" -> effective.
 fn effective_uid(status: &str) -> Option<u32> {
     status
         .lines()
