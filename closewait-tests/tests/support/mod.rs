@@ -5,20 +5,22 @@
 
 use std::{
     collections::VecDeque,
-    fs::File,
     io::{BufRead, BufReader, Read},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{
         atomic::{AtomicUsize, Ordering},
         mpsc::{self, Receiver, RecvTimeoutError},
-        Arc, Mutex, OnceLock,
+        Arc, Mutex, Once, OnceLock,
     },
     time::{Duration, Instant},
 };
 
+use closewait_host::{
+    netns::{self, Named},
+    privileges, tracefs,
+};
 use serde_json::Value;
 
 /// The agent under test: `$CLOSEWAIT_TRACE_BIN` when set (`cargo xtask test`
@@ -46,68 +48,47 @@ pub fn bin() -> &'static Path {
 }
 
 fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
+    assert!(
+        privileges::is_root(),
         "the kernel tests need root: run `sudo -E cargo xtask test`"
     );
 }
 
-fn sh(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+/// Names of the namespaces these tests make: `cwt-<pid>-<seq>-<tag>`, so
+/// that [`netns::remove_stale`] can delete those of a killed run.
+const NETNS_PREFIX: &str = "cwt-";
 
-/// A network namespace with loopback up, deleted on drop.
-pub struct NetNs {
-    name: String,
-    inode: u64,
-}
+/// A network namespace made for one test, loopback up, deleted on drop.
+pub struct NetNs(Named);
 
 impl NetNs {
     pub fn new(tag: &str) -> NetNs {
         require_root();
+        static STALE: Once = Once::new();
+        STALE.call_once(|| netns::remove_stale(NETNS_PREFIX));
         static SEQ: AtomicUsize = AtomicUsize::new(0);
         let name = format!(
-            "cwt-{tag}-{}-{}",
+            "{NETNS_PREFIX}{}-{}-{tag}",
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
-        sh("ip", &["netns", "add", &name]);
-        sh("ip", &["-n", &name, "link", "set", "lo", "up"]);
-        let inode = std::fs::metadata(format!("/run/netns/{name}"))
-            .expect("netns file")
-            .ino();
-        NetNs { name, inode }
+        NetNs(Named::create(&name).unwrap_or_else(|e| panic!("network namespace {name}: {e}")))
+    }
+
+    pub fn name(&self) -> &str {
+        self.0.name()
     }
 
     pub fn inode(&self) -> u64 {
-        self.inode
+        self.0.inode()
     }
 
     /// Run `f` on a thread inside the namespace. Sockets it creates belong to
     /// the namespace and can be used from any thread afterwards.
     pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let ns = File::open(&path).expect("open netns");
-                // SAFETY: valid fd; affects only this thread.
-                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .expect("netns thread")
-        })
+        self.0
+            .run(f)
+            .unwrap_or_else(|e| panic!("entering network namespace {}: {e}", self.name()))
     }
 
     /// A listener on `addr`, any port.
@@ -133,14 +114,6 @@ impl NetNs {
         let client_port = client.local_addr().unwrap().port();
         drop(client);
         (server, client_port)
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
     }
 }
 
@@ -401,19 +374,13 @@ pub fn raise_fd_limit() {
     }
 }
 
-const TRACEFS: &str = "/sys/kernel/tracing";
-
-pub fn tracefs_mounted() -> bool {
-    std::path::Path::new(TRACEFS).join("events").is_dir()
-}
-
-/// Unmount tracefs if it is mounted and not busy; true when it is now
-/// unmounted.
+/// Unmount tracefs from [`tracefs::TRACEFS`] if it is mounted there and not
+/// busy; true when no tracefs is mounted now.
 pub fn unmount_tracefs() -> bool {
-    if tracefs_mounted() {
-        let _ = Command::new("umount").arg(TRACEFS).status();
+    if tracefs::mounted().is_some() {
+        let _ = Command::new("umount").arg(tracefs::TRACEFS).status();
     }
-    !tracefs_mounted()
+    tracefs::mounted().is_none()
 }
 
 /// Build a leaker test program once per test run; returns its path.
@@ -515,7 +482,7 @@ impl Leaker {
         if let Some(cg) = cgroup {
             script.push_str(&format!("echo $$ > '{}' && ", cg.procs_file().display()));
         }
-        script.push_str(&format!("exec ip netns exec '{}' \"$@\"", ns.name));
+        script.push_str(&format!("exec ip netns exec '{}' \"$@\"", ns.name()));
         let mut child = Command::new("sh")
             .args(["-c", &script, "sh"])
             .arg(&bin)
