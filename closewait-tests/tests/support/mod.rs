@@ -5,7 +5,7 @@
 
 use std::{
     collections::VecDeque,
-    io::{BufRead, BufReader, Read},
+    io::{BufRead, BufReader, Read, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
@@ -163,18 +163,11 @@ impl Tracer {
     }
 
     fn spawn(args: &[&str], json: bool) -> Tracer {
-        require_root();
-        let mut cmd = Command::new(bin());
+        let mut cmd = agent(args);
         if json {
             cmd.arg("--json");
         }
-        let mut child = cmd
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn closewait-trace");
+        let mut child = cmd.spawn().expect("spawn closewait-trace");
         let lines = line_reader(child.stdout.take().expect("stdout"));
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err_pipe = child.stderr.take().expect("stderr");
@@ -283,8 +276,9 @@ impl Tracer {
         self.signal(libc::SIGCONT);
     }
 
-    /// SIGINT, then the summary; asserts a clean exit.
-    pub fn interrupt(mut self) -> Value {
+    /// SIGINT, then the summary; asserts a clean exit. [`Tracer::seen`]
+    /// then holds everything it wrote.
+    pub fn interrupt(&mut self) -> Value {
         self.signal(libc::SIGINT);
         let (summary, status) = self.wait_exit(Duration::from_secs(10));
         assert!(status.success(), "exit status after SIGINT: {status}");
@@ -337,6 +331,17 @@ impl Drop for Tracer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The binary with `args`, stdin on /dev/null, stdout and stderr on pipes.
+pub fn agent(args: &[&str]) -> Command {
+    require_root();
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
 }
 
 /// Run the binary to completion (optionally as an unprivileged user).
@@ -464,17 +469,42 @@ impl Drop for Cgroup {
     }
 }
 
+/// The python3 on PATH, resolved once (its real path: no shim in between).
+fn python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let out = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("python3 runs");
+        assert!(out.status.success(), "python3: {out:?}");
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+}
+
+/// The command line of leaker `which`: one of the programs [`leaker`]
+/// builds, or `py`: python3 running tests/leakers/peer.py.
+fn leaker_command(which: &str) -> Vec<PathBuf> {
+    match which {
+        "py" => vec![
+            python().to_path_buf(),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/leakers/peer.py"),
+        ],
+        _ => vec![leaker(which)],
+    }
+}
+
 /// A leaker process: in a network namespace, optionally in a cgroup.
 pub struct Leaker {
     child: Child,
     lines: Receiver<String>,
     /// Keeps the leaker alive: it exits when its stdin closes.
-    _stdin: std::process::ChildStdin,
+    stdin: std::process::ChildStdin,
 }
 
 impl Leaker {
+    /// Start leaker `which` (see [`leaker_command`]) with `args`.
     pub fn spawn(ns: &NetNs, cgroup: Option<&Cgroup>, which: &str, args: &[&str]) -> Leaker {
-        let bin = leaker(which);
         // Join the cgroup from a shell, then exec into the namespace (`ip
         // netns exec` remounts /sys, hiding the cgroup fs, so join first).
         // Every exec keeps the pid: the leaker lives its whole life there.
@@ -485,7 +515,7 @@ impl Leaker {
         script.push_str(&format!("exec ip netns exec '{}' \"$@\"", ns.name()));
         let mut child = Command::new("sh")
             .args(["-c", &script, "sh"])
-            .arg(&bin)
+            .args(leaker_command(which))
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -497,8 +527,15 @@ impl Leaker {
         Leaker {
             child,
             lines,
-            _stdin: stdin,
+            stdin,
         }
+    }
+
+    /// Write `line` to its stdin.
+    pub fn say(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}")
+            .and_then(|()| self.stdin.flush())
+            .unwrap_or_else(|e| panic!("leaker: writing `{line}` to its stdin: {e}"));
     }
 
     /// Wait for the line starting with `word` and return its `key=value`s.
