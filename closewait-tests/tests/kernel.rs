@@ -681,3 +681,114 @@ fn auto_stacks_arm_at_the_first_stuck_socket() {
         "{syms:?}"
     );
 }
+
+// ---- --all narrowed to one owner ----
+
+/// Which process `--all` is narrowed to.
+enum Owner {
+    Comm,
+    Pid,
+}
+
+/// `--all` with an owner filter: every entry of a socket the selected
+/// process holds, and its close, are shown, even when it closes well before
+/// the threshold; another process's sockets (one of them held past the
+/// threshold) show nothing; the summary counts only the selected process.
+fn all_narrowed_to_one_owner(by: Owner) {
+    const QUICK_CLOSES: usize = 3;
+    let ns = NetNs::new("all-owner");
+    // `wanted` closes each socket 300 ms after reading EOF: a quick close
+    // that still leaves the agent time to find the owner through /proc.
+    let mut wanted = support::Leaker::spawn(
+        &ns,
+        None,
+        "py",
+        &[
+            "close-after",
+            "300",
+            "127.0.0.1",
+            "0",
+            "--count",
+            &QUICK_CLOSES.to_string(),
+            "--name",
+            "wanted-srv",
+        ],
+    );
+    // `other` holds its socket past the threshold, then closes it.
+    let mut other = support::Leaker::spawn(
+        &ns,
+        None,
+        "py",
+        &[
+            "close-after",
+            "2500",
+            "127.0.0.1",
+            "0",
+            "--name",
+            "other-srv",
+        ],
+    );
+    let listening = wanted.expect("listening");
+    let (wanted_pid, wanted_port) = (&listening["pid"], listening["port"].parse::<u16>().unwrap());
+    let other_port: u16 = other.expect("listening")["port"].parse().unwrap();
+    let owner_args = match by {
+        Owner::Comm => ["--comm", "wanted-srv"],
+        Owner::Pid => ["--pid", wanted_pid.as_str()],
+    };
+    let (wp, op) = (wanted_port.to_string(), other_port.to_string());
+    let mut args = vec!["--all", "--threshold", "2s", "--port", &wp, "--port", &op];
+    args.extend(owner_args);
+    let mut tracer = Tracer::start(&args);
+
+    let client = ns.connect(SocketAddr::new(localhost4(), other_port));
+    other.expect("accepted");
+    drop(client);
+    let mut client_ports = Vec::new();
+    for _ in 0..QUICK_CLOSES {
+        let client = ns.connect(SocketAddr::new(localhost4(), wanted_port));
+        let rport = wanted.expect("accepted")["rport"].clone();
+        drop(client);
+        wanted.expect("closed");
+        client_ports.push(rport.parse::<u16>().unwrap());
+    }
+    other.expect("closed"); // after 2.5 s: it was stuck for 0.5 s
+
+    for &rport in &client_ports {
+        let ours = |v: &serde_json::Value| v["lport"] == wanted_port && v["rport"] == rport;
+        tracer.expect(
+            &format!("the enter of wanted-srv's socket from port {rport}"),
+            5 * S,
+            |v| v["event"] == "enter" && ours(v),
+        );
+        let close = tracer.expect(
+            &format!("the close of wanted-srv's socket from port {rport}"),
+            5 * S,
+            |v| v["event"] == "close" && ours(v),
+        );
+        let dwell = close["dwell_ms"].as_f64().expect("dwell_ms");
+        assert!(
+            (250.0..2000.0).contains(&dwell),
+            "closed ~300 ms after EOF: {close}"
+        );
+    }
+    let summary = tracer.interrupt();
+    let shown: Vec<_> = tracer
+        .seen()
+        .into_iter()
+        .filter(|v| v["event"] != "summary" && v["lport"] == other_port)
+        .collect();
+    assert!(shown.is_empty(), "other-srv's socket was shown: {shown:?}");
+    assert_eq!(summary["entered"], QUICK_CLOSES, "{summary}");
+    assert_eq!(summary["closed"], QUICK_CLOSES, "{summary}");
+    assert_eq!(summary["stuck"], 0, "other-srv's stuck socket: {summary}");
+}
+
+#[test]
+fn all_with_comm_filter_shows_every_enter_and_close_of_that_process() {
+    all_narrowed_to_one_owner(Owner::Comm);
+}
+
+#[test]
+fn all_with_pid_filter_shows_every_enter_and_close_of_that_process() {
+    all_narrowed_to_one_owner(Owner::Pid);
+}
