@@ -792,3 +792,58 @@ fn all_with_comm_filter_shows_every_enter_and_close_of_that_process() {
 fn all_with_pid_filter_shows_every_enter_and_close_of_that_process() {
     all_narrowed_to_one_owner(Owner::Pid);
 }
+
+// ---- The owner of a socket that entered CLOSE_WAIT before accept() ----
+
+/// The very same 4-tuple in two namespaces, each server side closed by its
+/// client while still in the accept queue (no file, so no inode in the
+/// event), then accepted by a process of that namespace: each stuck report
+/// names the holder in its own namespace.
+#[test]
+fn owner_of_a_socket_closed_before_accept_is_found_in_its_own_namespace() {
+    const PORT: &str = "18090";
+    const CLIENT_PORT: &str = "18091";
+    let a = NetNs::new("queued-a");
+    let b = NetNs::new("queued-b");
+    let mut tracer = Tracer::start(&["--threshold", "500ms", "--port", PORT]);
+    let mut holders: Vec<_> = [(&a, "holder-a"), (&b, "holder-b")]
+        .into_iter()
+        .map(|(ns, name)| {
+            let args = [
+                "hold-queued",
+                "127.0.0.1",
+                PORT,
+                CLIENT_PORT,
+                "--name",
+                name,
+            ];
+            (ns, name, support::Leaker::spawn(ns, None, "py", &args))
+        })
+        .collect();
+    for (_, _, holder) in &mut holders {
+        holder.expect("connected");
+    }
+    // Both clients close together, so both sockets are accepted well before
+    // either is flagged: each owner lookup can see both namespaces' sockets.
+    for (_, _, holder) in &mut holders {
+        holder.say("go");
+    }
+    let mut wrong = Vec::new();
+    for (ns, name, holder) in &mut holders {
+        let ready = holder.expect("ready");
+        let (pid, fd): (u32, u32) = (ready["pid"].parse().unwrap(), ready["fd"].parse().unwrap());
+        let netns = ns.inode();
+        let stuck = tracer.expect(&format!("stuck in {}", ns.name()), 5 * S, |v| {
+            v["event"] == "stuck" && v["netns"] == netns
+        });
+        if stuck["pid"] != pid {
+            wrong.push(format!(
+                "the socket in netns {netns} names pid {} ({}), not its holder there, pid {pid} ({name}): {stuck}",
+                stuck["pid"], stuck["comm"]
+            ));
+            continue;
+        }
+        assert_owner(&stuck, pid, fd, name);
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
