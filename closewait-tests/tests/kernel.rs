@@ -847,3 +847,173 @@ fn owner_of_a_socket_closed_before_accept_is_found_in_its_own_namespace() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+// ---- What a dwell is: exact, or a bound ----
+
+/// The closes a dwell-bound scenario produced, by kind, as JSON events or
+/// text lines.
+struct Bounds<T> {
+    existing: T,
+    /// The close of the socket found at start (closed live).
+    existing_close: T,
+    /// Closes of live-entered sockets whose exit was seen.
+    live_closes: Vec<T>,
+    /// Closes of live-entered sockets whose exit was lost and found by
+    /// reconciliation.
+    reconciled_closes: Vec<T>,
+}
+
+/// One socket stuck before the start, then `N` sockets whose entries are
+/// all seen live (closed by their clients a few at a time) and whose exits
+/// are mostly lost (the servers close while the agent is stopped, a burst
+/// far larger than the one-page ring buffer), so reconciliation finds them.
+fn dwell_bound_scenario(json: bool) -> Bounds<String> {
+    const N: usize = 200;
+    const BATCH: usize = 10;
+    support::raise_fd_limit();
+    let ns = NetNs::new("bounds");
+    let listener = ns.listen(localhost4());
+    let port = listener.local_addr().unwrap().port();
+    let (early, early_port) = ns.stuck_pair(&listener);
+    let p = port.to_string();
+    let args = [
+        "--all",
+        "--threshold",
+        "60s",
+        "--ring-buffer-size",
+        "4096",
+        "--reconcile-interval",
+        "60s",
+        "--port",
+        &p,
+    ];
+    let mut tracer = if json {
+        Tracer::start(&args)
+    } else {
+        Tracer::start_text(&args)
+    };
+    // "EVENT" for a line of `event` on our port (and from `rport`, if given).
+    let is = |line: &str, event: &str, rport: Option<u16>| -> bool {
+        if json {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+            v["event"] == event && v["lport"] == port && rport.is_none_or(|r| v["rport"] == r)
+        } else {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            f.get(1) == Some(&event.to_ascii_uppercase().as_str())
+                && f.get(3) == Some(&format!("127.0.0.1:{port}").as_str())
+                && rport.is_none_or(|r| f.get(4) == Some(&format!("127.0.0.1:{r}").as_str()))
+        }
+    };
+    let existing = tracer.expect_line("existing", 5 * S, |l| is(l, "existing", Some(early_port)));
+    drop(early);
+    let existing_close = tracer.expect_line("close of the existing socket", 5 * S, |l| {
+        is(l, "close", Some(early_port))
+    });
+
+    let mut servers = Vec::new();
+    for _ in 0..N / BATCH {
+        let pairs: Vec<_> = (0..BATCH).map(|_| ns.connected_pair(&listener)).collect();
+        for (client, server) in pairs {
+            let client_port = client.local_addr().unwrap().port();
+            drop(client);
+            servers.push((server, client_port));
+        }
+        for &(_, client_port) in &servers[servers.len() - BATCH..] {
+            tracer.expect_line("a live enter", 5 * S, |l| is(l, "enter", Some(client_port)));
+        }
+    }
+    tracer.pause();
+    drop(servers);
+    tracer.resume();
+    let mut live_closes = Vec::new();
+    let mut reconciled_closes = Vec::new();
+    for i in 0..N {
+        let close = tracer.expect_line(&format!("close #{i}"), 10 * S, |l| is(l, "close", None));
+        let reconciled = if json {
+            let v: serde_json::Value = serde_json::from_str(&close).unwrap();
+            v["new_state"].is_null()
+        } else {
+            close.contains("(exit event missed)")
+        };
+        if reconciled {
+            reconciled_closes.push(close);
+        } else {
+            live_closes.push(close);
+        }
+    }
+    assert!(
+        !live_closes.is_empty() && !reconciled_closes.is_empty(),
+        "the burst of exits overflows the ring buffer: {} live, {} reconciled closes",
+        live_closes.len(),
+        reconciled_closes.len()
+    );
+    Bounds {
+        existing,
+        existing_close,
+        live_closes,
+        reconciled_closes,
+    }
+}
+
+/// `dwell_bound` says what a dwell is: `exact` (entry and exit both seen),
+/// `at_least` (found already in CLOSE_WAIT at start: the entry is a lower
+/// bound) or `at_most` (the exit was lost and found by reconciliation).
+#[test]
+fn json_dwell_bound_is_exact_at_least_or_at_most() {
+    let got = dwell_bound_scenario(true);
+    let parse = |l: &String| -> serde_json::Value { serde_json::from_str(l).unwrap() };
+    let mut wrong = Vec::new();
+    let mut check = |what: &str, lines: &[String], bound: &str, lower: bool| {
+        if let Some(v) = lines
+            .iter()
+            .map(parse)
+            .find(|v| v["dwell_bound"] != bound || v["lower_bound"] != lower)
+        {
+            wrong.push(format!(
+                "{what}: want dwell_bound \"{bound}\" and lower_bound {lower}, got {} and {}: {v}",
+                v["dwell_bound"], v["lower_bound"]
+            ));
+        }
+    };
+    check("existing", &[got.existing], "at_least", true);
+    check(
+        "close of a socket found at start",
+        &[got.existing_close],
+        "at_least",
+        true,
+    );
+    check("live close", &got.live_closes, "exact", false);
+    check("reconciled close", &got.reconciled_closes, "at_most", false);
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// The text stream writes the same bounds on the dwell: `>=1.23s`,
+/// `<=1.23s`, or the bare dwell.
+#[test]
+fn text_dwell_is_marked_at_least_or_at_most() {
+    let got = dwell_bound_scenario(false);
+    let dwell = |line: &String| line.split_whitespace().nth(2).unwrap_or("").to_string();
+    let mut wrong = Vec::new();
+    let mut check = |what: &str, lines: &[String], prefix: Option<&str>| {
+        let bad = lines.iter().find(|l| {
+            let d = dwell(l);
+            match prefix {
+                Some(p) => !d.starts_with(p),
+                None => d.starts_with(">=") || d.starts_with("<="),
+            }
+        });
+        if let Some(line) = bad {
+            let want = prefix.map_or("no bound".to_string(), |p| format!("{p}<dwell>"));
+            wrong.push(format!("{what}: want {want}, got {}: {line}", dwell(line)));
+        }
+    };
+    check("EXISTING", &[got.existing], Some(">="));
+    check(
+        "CLOSE of a socket found at start",
+        &[got.existing_close],
+        Some(">="),
+    );
+    check("live CLOSE", &got.live_closes, None);
+    check("reconciled CLOSE", &got.reconciled_closes, Some("<="));
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
