@@ -6,6 +6,7 @@
 mod support;
 
 use std::{
+    io::{BufRead, BufReader, Read},
     net::{IpAddr, Ipv6Addr, SocketAddr},
     time::{Duration, Instant},
 };
@@ -1016,4 +1017,76 @@ fn text_dwell_is_marked_at_least_or_at_most() {
     check("live CLOSE", &got.live_closes, None);
     check("reconciled CLOSE", &got.reconciled_closes, Some("<="));
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+// ---- The reader of the output goes away ----
+
+/// `closewait-trace | head -1`: once the reader has gone, the agent ends
+/// within a second (though nothing is being written), quietly, with status
+/// 0. Detached afterwards: a process that is gone holds no BPF link
+/// (bpftool is not installed here to list programs).
+fn ends_when_its_reader_goes_away(json: bool) {
+    let ns = NetNs::new("reader");
+    let quiet = ns.listen(localhost4()); // no traffic on its port: nothing to write
+    let port = quiet.local_addr().unwrap().port().to_string();
+    let mut args = vec!["--port", port.as_str()];
+    if json {
+        args.push("--json");
+    }
+    let mut child = support::agent(&args)
+        .spawn()
+        .expect("spawn closewait-trace");
+    let pid = child.id();
+    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let (tx, first_line) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut stdout = stdout;
+        let mut line = String::new();
+        let _ = stdout.read_line(&mut line);
+        let _ = tx.send((line, stdout));
+    });
+    let (line, stdout) = first_line
+        .recv_timeout(20 * S)
+        .expect("the first line within 20 s");
+    let first = if json {
+        "\"event\":\"start\""
+    } else {
+        "watching TCP CLOSE_WAIT"
+    };
+    assert!(line.contains(first), "first line: {line:?}");
+    drop(stdout); // the reader goes away, like `head -1`
+    let gone_at = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if gone_at.elapsed() > S {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("closewait-trace still running 1 s after its reader closed stdout (nothing written since)");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr);
+    assert!(stderr.is_empty(), "stderr: {stderr:?}");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "pid {pid} is gone, and with it its BPF link"
+    );
+}
+
+#[test]
+fn json_reader_going_away_ends_the_run_quietly() {
+    ends_when_its_reader_goes_away(true);
+}
+
+#[test]
+fn text_reader_going_away_ends_the_run_quietly() {
+    ends_when_its_reader_goes_away(false);
 }
