@@ -52,7 +52,7 @@ pub fn run(args: &BuildArgs, trace_args: &[OsString]) -> Result<()> {
 }
 
 /// Cargo's target directory: `CARGO_TARGET_DIR` (relative to the workspace root) or `target`.
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     let dir = env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| "target".into());
     cmd::workspace_root().join(dir)
 }

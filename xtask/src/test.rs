@@ -4,7 +4,7 @@ use std::{ffi::OsString, process::Command};
 
 use anyhow::{bail, Result};
 
-use crate::{cmd, setup};
+use crate::{build, cmd, setup};
 
 #[derive(clap::Args)]
 pub struct TestArgs {
@@ -25,49 +25,69 @@ pub fn test(args: &TestArgs) -> Result<()> {
     }
     setup::setup()?;
 
+    // Unit tests only: the kernel tests need root and run one at a time below.
     let mut steps = vec![(
         "host unit tests",
-        // Unit tests only: the kernel tests need root and run one at a time below.
-        cargo_test(&[
+        cargo(&[
+            "test",
             "--workspace",
             "--exclude",
             "closewait-ebpf",
+            "--exclude",
+            "closewait-tests",
             "--lib",
             "--bins",
         ]),
+        false,
     )];
     if !args.unit_only {
-        let mut kernel = cargo_test(&[
+        // closewait-tests does not depend on the agent: build it here, in the
+        // profile `cargo test` uses, and tell the tests where it is.
+        steps.push((
+            "build the agent",
+            cargo(&["build", "-p", "closewait-user", "--bin", "closewait-trace"]),
+            false,
+        ));
+        let mut kernel = cargo(&["test", "-p", "closewait-tests", "--", "--test-threads=1"]);
+        kernel
+            .env(
+                "CLOSEWAIT_TRACE_BIN",
+                build::target_dir().join("debug").join("closewait-trace"),
+            )
+            .args(&args.kernel_args);
+        steps.push(("kernel tests (root)", kernel, true));
+        let ignored = cargo(&[
+            "test",
             "-p",
             "closewait-user",
-            "--test",
-            "kernel",
+            "--lib",
+            "--bins",
             "--",
+            "--ignored",
             "--test-threads=1",
         ]);
-        kernel.args(&args.kernel_args);
-        steps.push(("kernel tests (root)", kernel));
-        steps.push((
-            "ignored root-only unit tests",
-            cargo_test(&[
-                "-p",
-                "closewait-user",
-                "--bins",
-                "--",
-                "--ignored",
-                "--test-threads=1",
-            ]),
-        ));
+        steps.push(("ignored root-only unit tests", ignored, false));
     }
 
-    // Run every step, even after a failure, so one run shows all problems.
+    // Run every step, even after a failure, so one run shows all problems;
+    // only a step that needs the one before it (`true`) is skipped.
     let mut failed = Vec::new();
-    for (name, mut cargo) in steps {
+    let mut previous_ok = true;
+    for (name, mut cargo, needs_previous) in steps {
         eprintln!("==> {name}");
-        if let Err(err) = cmd::run_echoed(&mut cargo) {
-            eprintln!("{err:#}");
+        if needs_previous && !previous_ok {
+            eprintln!("skipped: the step before it failed");
             failed.push(name);
+            continue;
         }
+        previous_ok = match cmd::run_echoed(&mut cargo) {
+            Ok(()) => true,
+            Err(err) => {
+                eprintln!("{err:#}");
+                failed.push(name);
+                false
+            }
+        };
     }
     if !failed.is_empty() {
         bail!("failed: {}", failed.join(", "));
@@ -76,9 +96,9 @@ pub fn test(args: &TestArgs) -> Result<()> {
     Ok(())
 }
 
-fn cargo_test(args: &[&str]) -> Command {
+fn cargo(args: &[&str]) -> Command {
     let mut cargo = cmd::cargo();
     // closewait-user's build script builds the eBPF crate with `-Z build-std` (see build.rs).
-    cargo.env("RUSTC_BOOTSTRAP", "1").arg("test").args(args);
+    cargo.env("RUSTC_BOOTSTRAP", "1").args(args);
     cargo
 }

@@ -1,11 +1,12 @@
 //! Root-only tests: the real binary, the real kernel, real sockets in network
-//! namespaces made for each test. Run one at a time:
-//! `cargo test -p closewait-user --test kernel -- --test-threads=1`
-//! (`cargo xtask test` does).
+//! namespaces made for each test. Run them with `cargo xtask test`: it
+//! builds the agent, then runs
+//! `CLOSEWAIT_TRACE_BIN=target/debug/closewait-trace cargo test -p closewait-tests -- --test-threads=1`.
 
 mod support;
 
 use std::{
+    io::{BufRead, BufReader, Read},
     net::{IpAddr, Ipv6Addr, SocketAddr},
     time::{Duration, Instant},
 };
@@ -98,7 +99,10 @@ fn classic_tracepoint_fallback_mounts_tracefs_and_works() {
     let unmounted = support::unmount_tracefs();
     stuck_then_closed(localhost4(), "ipv4", &["--attach", "tracepoint"]);
     if unmounted {
-        assert!(support::tracefs_mounted(), "the tracer mounted tracefs");
+        assert!(
+            closewait_host::tracefs::mounted().is_some(),
+            "the tracer mounted tracefs"
+        );
     }
 }
 
@@ -677,4 +681,412 @@ fn auto_stacks_arm_at_the_first_stuck_socket() {
         syms.iter().any(|s| s == "leak_accepted_connection"),
         "{syms:?}"
     );
+}
+
+// ---- --all narrowed to one owner ----
+
+/// Which process `--all` is narrowed to.
+enum Owner {
+    Comm,
+    Pid,
+}
+
+/// `--all` with an owner filter: every entry of a socket the selected
+/// process holds, and its close, are shown, even when it closes well before
+/// the threshold; another process's sockets (one of them held past the
+/// threshold) show nothing; the summary counts only the selected process.
+fn all_narrowed_to_one_owner(by: Owner) {
+    const QUICK_CLOSES: usize = 3;
+    let ns = NetNs::new("all-owner");
+    // `wanted` closes each socket 300 ms after reading EOF: a quick close
+    // that still leaves the agent time to find the owner through /proc.
+    let mut wanted = support::Leaker::spawn(
+        &ns,
+        None,
+        "py",
+        &[
+            "close-after",
+            "300",
+            "127.0.0.1",
+            "0",
+            "--count",
+            &QUICK_CLOSES.to_string(),
+            "--name",
+            "wanted-srv",
+        ],
+    );
+    // `other` holds its socket past the threshold, then closes it.
+    let mut other = support::Leaker::spawn(
+        &ns,
+        None,
+        "py",
+        &[
+            "close-after",
+            "2500",
+            "127.0.0.1",
+            "0",
+            "--name",
+            "other-srv",
+        ],
+    );
+    let listening = wanted.expect("listening");
+    let (wanted_pid, wanted_port) = (&listening["pid"], listening["port"].parse::<u16>().unwrap());
+    let other_port: u16 = other.expect("listening")["port"].parse().unwrap();
+    let owner_args = match by {
+        Owner::Comm => ["--comm", "wanted-srv"],
+        Owner::Pid => ["--pid", wanted_pid.as_str()],
+    };
+    let (wp, op) = (wanted_port.to_string(), other_port.to_string());
+    let mut args = vec!["--all", "--threshold", "2s", "--port", &wp, "--port", &op];
+    args.extend(owner_args);
+    let mut tracer = Tracer::start(&args);
+
+    let client = ns.connect(SocketAddr::new(localhost4(), other_port));
+    other.expect("accepted");
+    drop(client);
+    let mut client_ports = Vec::new();
+    for _ in 0..QUICK_CLOSES {
+        let client = ns.connect(SocketAddr::new(localhost4(), wanted_port));
+        let rport = wanted.expect("accepted")["rport"].clone();
+        drop(client);
+        wanted.expect("closed");
+        client_ports.push(rport.parse::<u16>().unwrap());
+    }
+    other.expect("closed"); // after 2.5 s: it was stuck for 0.5 s
+
+    for &rport in &client_ports {
+        let ours = |v: &serde_json::Value| v["lport"] == wanted_port && v["rport"] == rport;
+        tracer.expect(
+            &format!("the enter of wanted-srv's socket from port {rport}"),
+            5 * S,
+            |v| v["event"] == "enter" && ours(v),
+        );
+        let close = tracer.expect(
+            &format!("the close of wanted-srv's socket from port {rport}"),
+            5 * S,
+            |v| v["event"] == "close" && ours(v),
+        );
+        let dwell = close["dwell_ms"].as_f64().expect("dwell_ms");
+        assert!(
+            (250.0..2000.0).contains(&dwell),
+            "closed ~300 ms after EOF: {close}"
+        );
+    }
+    let summary = tracer.interrupt();
+    let shown: Vec<_> = tracer
+        .seen()
+        .into_iter()
+        .filter(|v| v["event"] != "summary" && v["lport"] == other_port)
+        .collect();
+    assert!(shown.is_empty(), "other-srv's socket was shown: {shown:?}");
+    assert_eq!(summary["entered"], QUICK_CLOSES, "{summary}");
+    assert_eq!(summary["closed"], QUICK_CLOSES, "{summary}");
+    assert_eq!(summary["stuck"], 0, "other-srv's stuck socket: {summary}");
+}
+
+#[test]
+fn all_with_comm_filter_shows_every_enter_and_close_of_that_process() {
+    all_narrowed_to_one_owner(Owner::Comm);
+}
+
+#[test]
+fn all_with_pid_filter_shows_every_enter_and_close_of_that_process() {
+    all_narrowed_to_one_owner(Owner::Pid);
+}
+
+// ---- The owner of a socket that entered CLOSE_WAIT before accept() ----
+
+/// The very same 4-tuple in two namespaces, each server side closed by its
+/// client while still in the accept queue (no file, so no inode in the
+/// event), then accepted by a process of that namespace: each stuck report
+/// names the holder in its own namespace.
+#[test]
+fn owner_of_a_socket_closed_before_accept_is_found_in_its_own_namespace() {
+    const PORT: &str = "18090";
+    const CLIENT_PORT: &str = "18091";
+    let a = NetNs::new("queued-a");
+    let b = NetNs::new("queued-b");
+    let mut tracer = Tracer::start(&["--threshold", "500ms", "--port", PORT]);
+    let mut holders: Vec<_> = [(&a, "holder-a"), (&b, "holder-b")]
+        .into_iter()
+        .map(|(ns, name)| {
+            let args = [
+                "hold-queued",
+                "127.0.0.1",
+                PORT,
+                CLIENT_PORT,
+                "--name",
+                name,
+            ];
+            (ns, name, support::Leaker::spawn(ns, None, "py", &args))
+        })
+        .collect();
+    for (_, _, holder) in &mut holders {
+        holder.expect("connected");
+    }
+    // Both clients close together, so both sockets are accepted well before
+    // either is flagged: each owner lookup can see both namespaces' sockets.
+    for (_, _, holder) in &mut holders {
+        holder.say("go");
+    }
+    let mut wrong = Vec::new();
+    for (ns, name, holder) in &mut holders {
+        let ready = holder.expect("ready");
+        let (pid, fd): (u32, u32) = (ready["pid"].parse().unwrap(), ready["fd"].parse().unwrap());
+        let netns = ns.inode();
+        let stuck = tracer.expect(&format!("stuck in {}", ns.name()), 5 * S, |v| {
+            v["event"] == "stuck" && v["netns"] == netns
+        });
+        if stuck["pid"] != pid {
+            wrong.push(format!(
+                "the socket in netns {netns} names pid {} ({}), not its holder there, pid {pid} ({name}): {stuck}",
+                stuck["pid"], stuck["comm"]
+            ));
+            continue;
+        }
+        assert_owner(&stuck, pid, fd, name);
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+// ---- What a dwell is: exact, or a bound ----
+
+/// The closes a dwell-bound scenario produced, by kind, as JSON events or
+/// text lines.
+struct Bounds<T> {
+    existing: T,
+    /// The close of the socket found at start (closed live).
+    existing_close: T,
+    /// Closes of live-entered sockets whose exit was seen.
+    live_closes: Vec<T>,
+    /// Closes of live-entered sockets whose exit was lost and found by
+    /// reconciliation.
+    reconciled_closes: Vec<T>,
+}
+
+/// One socket stuck before the start, then `N` sockets whose entries are
+/// all seen live (closed by their clients a few at a time) and whose exits
+/// are mostly lost (the servers close while the agent is stopped, a burst
+/// far larger than the one-page ring buffer), so reconciliation finds them.
+fn dwell_bound_scenario(json: bool) -> Bounds<String> {
+    const N: usize = 200;
+    const BATCH: usize = 10;
+    support::raise_fd_limit();
+    let ns = NetNs::new("bounds");
+    let listener = ns.listen(localhost4());
+    let port = listener.local_addr().unwrap().port();
+    let (early, early_port) = ns.stuck_pair(&listener);
+    let p = port.to_string();
+    let args = [
+        "--all",
+        "--threshold",
+        "60s",
+        "--ring-buffer-size",
+        "4096",
+        "--reconcile-interval",
+        "60s",
+        "--port",
+        &p,
+    ];
+    let mut tracer = if json {
+        Tracer::start(&args)
+    } else {
+        Tracer::start_text(&args)
+    };
+    // "EVENT" for a line of `event` on our port (and from `rport`, if given).
+    let is = |line: &str, event: &str, rport: Option<u16>| -> bool {
+        if json {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+            v["event"] == event && v["lport"] == port && rport.is_none_or(|r| v["rport"] == r)
+        } else {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            f.get(1) == Some(&event.to_ascii_uppercase().as_str())
+                && f.get(3) == Some(&format!("127.0.0.1:{port}").as_str())
+                && rport.is_none_or(|r| f.get(4) == Some(&format!("127.0.0.1:{r}").as_str()))
+        }
+    };
+    let existing = tracer.expect_line("existing", 5 * S, |l| is(l, "existing", Some(early_port)));
+    drop(early);
+    let existing_close = tracer.expect_line("close of the existing socket", 5 * S, |l| {
+        is(l, "close", Some(early_port))
+    });
+
+    let mut servers = Vec::new();
+    for _ in 0..N / BATCH {
+        let pairs: Vec<_> = (0..BATCH).map(|_| ns.connected_pair(&listener)).collect();
+        for (client, server) in pairs {
+            let client_port = client.local_addr().unwrap().port();
+            drop(client);
+            servers.push((server, client_port));
+        }
+        for &(_, client_port) in &servers[servers.len() - BATCH..] {
+            tracer.expect_line("a live enter", 5 * S, |l| is(l, "enter", Some(client_port)));
+        }
+    }
+    tracer.pause();
+    drop(servers);
+    tracer.resume();
+    let mut live_closes = Vec::new();
+    let mut reconciled_closes = Vec::new();
+    for i in 0..N {
+        let close = tracer.expect_line(&format!("close #{i}"), 10 * S, |l| is(l, "close", None));
+        let reconciled = if json {
+            let v: serde_json::Value = serde_json::from_str(&close).unwrap();
+            v["new_state"].is_null()
+        } else {
+            close.contains("(exit event missed)")
+        };
+        if reconciled {
+            reconciled_closes.push(close);
+        } else {
+            live_closes.push(close);
+        }
+    }
+    assert!(
+        !live_closes.is_empty() && !reconciled_closes.is_empty(),
+        "the burst of exits overflows the ring buffer: {} live, {} reconciled closes",
+        live_closes.len(),
+        reconciled_closes.len()
+    );
+    Bounds {
+        existing,
+        existing_close,
+        live_closes,
+        reconciled_closes,
+    }
+}
+
+/// `dwell_bound` says what a dwell is: `exact` (entry and exit both seen),
+/// `at_least` (found already in CLOSE_WAIT at start: the entry is a lower
+/// bound) or `at_most` (the exit was lost and found by reconciliation).
+#[test]
+fn json_dwell_bound_is_exact_at_least_or_at_most() {
+    let got = dwell_bound_scenario(true);
+    let parse = |l: &String| -> serde_json::Value { serde_json::from_str(l).unwrap() };
+    let mut wrong = Vec::new();
+    let mut check = |what: &str, lines: &[String], bound: &str, lower: bool| {
+        if let Some(v) = lines
+            .iter()
+            .map(parse)
+            .find(|v| v["dwell_bound"] != bound || v["lower_bound"] != lower)
+        {
+            wrong.push(format!(
+                "{what}: want dwell_bound \"{bound}\" and lower_bound {lower}, got {} and {}: {v}",
+                v["dwell_bound"], v["lower_bound"]
+            ));
+        }
+    };
+    check("existing", &[got.existing], "at_least", true);
+    check(
+        "close of a socket found at start",
+        &[got.existing_close],
+        "at_least",
+        true,
+    );
+    check("live close", &got.live_closes, "exact", false);
+    check("reconciled close", &got.reconciled_closes, "at_most", false);
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// The text stream writes the same bounds on the dwell: `>=1.23s`,
+/// `<=1.23s`, or the bare dwell.
+#[test]
+fn text_dwell_is_marked_at_least_or_at_most() {
+    let got = dwell_bound_scenario(false);
+    let dwell = |line: &String| line.split_whitespace().nth(2).unwrap_or("").to_string();
+    let mut wrong = Vec::new();
+    let mut check = |what: &str, lines: &[String], prefix: Option<&str>| {
+        let bad = lines.iter().find(|l| {
+            let d = dwell(l);
+            match prefix {
+                Some(p) => !d.starts_with(p),
+                None => d.starts_with(">=") || d.starts_with("<="),
+            }
+        });
+        if let Some(line) = bad {
+            let want = prefix.map_or("no bound".to_string(), |p| format!("{p}<dwell>"));
+            wrong.push(format!("{what}: want {want}, got {}: {line}", dwell(line)));
+        }
+    };
+    check("EXISTING", &[got.existing], Some(">="));
+    check(
+        "CLOSE of a socket found at start",
+        &[got.existing_close],
+        Some(">="),
+    );
+    check("live CLOSE", &got.live_closes, None);
+    check("reconciled CLOSE", &got.reconciled_closes, Some("<="));
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+// ---- The reader of the output goes away ----
+
+/// `closewait-trace | head -1`: once the reader has gone, the agent ends
+/// within a second (though nothing is being written), quietly, with status
+/// 0. Detached afterwards: a process that is gone holds no BPF link
+/// (bpftool is not installed here to list programs).
+fn ends_when_its_reader_goes_away(json: bool) {
+    let ns = NetNs::new("reader");
+    let quiet = ns.listen(localhost4()); // no traffic on its port: nothing to write
+    let port = quiet.local_addr().unwrap().port().to_string();
+    let mut args = vec!["--port", port.as_str()];
+    if json {
+        args.push("--json");
+    }
+    let mut child = support::agent(&args)
+        .spawn()
+        .expect("spawn closewait-trace");
+    let pid = child.id();
+    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let (tx, first_line) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut stdout = stdout;
+        let mut line = String::new();
+        let _ = stdout.read_line(&mut line);
+        let _ = tx.send((line, stdout));
+    });
+    let (line, stdout) = first_line
+        .recv_timeout(20 * S)
+        .expect("the first line within 20 s");
+    let first = if json {
+        "\"event\":\"start\""
+    } else {
+        "watching TCP CLOSE_WAIT"
+    };
+    assert!(line.contains(first), "first line: {line:?}");
+    drop(stdout); // the reader goes away, like `head -1`
+    let gone_at = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if gone_at.elapsed() > S {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("closewait-trace still running 1 s after its reader closed stdout (nothing written since)");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr);
+    assert!(stderr.is_empty(), "stderr: {stderr:?}");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "pid {pid} is gone, and with it its BPF link"
+    );
+}
+
+#[test]
+fn json_reader_going_away_ends_the_run_quietly() {
+    ends_when_its_reader_goes_away(true);
+}
+
+#[test]
+fn text_reader_going_away_ends_the_run_quietly() {
+    ends_when_its_reader_goes_away(false);
 }

@@ -5,86 +5,90 @@
 
 use std::{
     collections::VecDeque,
-    fs::File,
-    io::{BufRead, BufReader, Read},
+    io::{BufRead, BufReader, Read, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{
         atomic::{AtomicUsize, Ordering},
         mpsc::{self, Receiver, RecvTimeoutError},
-        Arc, Mutex,
+        Arc, Mutex, Once, OnceLock,
     },
     time::{Duration, Instant},
 };
 
+use closewait_host::{
+    netns::{self, Named},
+    privileges, tracefs,
+};
 use serde_json::Value;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_closewait-trace");
+/// The agent under test: `$CLOSEWAIT_TRACE_BIN` when set (`cargo xtask test`
+/// sets it), else `target/<profile>/closewait-trace` next to this test
+/// binary (`target/<profile>/deps/kernel-*`). This crate does not build the
+/// agent: a missing binary is a panic that says how to get one.
+pub fn bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let path = match std::env::var_os("CLOSEWAIT_TRACE_BIN") {
+            Some(path) => PathBuf::from(path),
+            None => std::env::current_exe()
+                .ok()
+                .and_then(|exe| Some(exe.parent()?.parent()?.join("closewait-trace")))
+                .unwrap_or_else(|| PathBuf::from("closewait-trace")),
+        };
+        assert!(
+            path.is_file(),
+            "no closewait-trace binary at {}: run `cargo xtask test`, which builds it \
+             and runs these tests with CLOSEWAIT_TRACE_BIN set to it",
+            path.display()
+        );
+        path
+    })
+}
 
 fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
+    assert!(
+        privileges::is_root(),
         "the kernel tests need root: run `sudo -E cargo xtask test`"
     );
 }
 
-fn sh(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+/// Names of the namespaces these tests make: `cwt-<pid>-<seq>-<tag>`, so
+/// that [`netns::remove_stale`] can delete those of a killed run.
+const NETNS_PREFIX: &str = "cwt-";
 
-/// A network namespace with loopback up, deleted on drop.
-pub struct NetNs {
-    name: String,
-    inode: u64,
-}
+/// A network namespace made for one test, loopback up, deleted on drop.
+pub struct NetNs(Named);
 
 impl NetNs {
     pub fn new(tag: &str) -> NetNs {
         require_root();
+        static STALE: Once = Once::new();
+        STALE.call_once(|| netns::remove_stale(NETNS_PREFIX));
         static SEQ: AtomicUsize = AtomicUsize::new(0);
         let name = format!(
-            "cwt-{tag}-{}-{}",
+            "{NETNS_PREFIX}{}-{}-{tag}",
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
-        sh("ip", &["netns", "add", &name]);
-        sh("ip", &["-n", &name, "link", "set", "lo", "up"]);
-        let inode = std::fs::metadata(format!("/run/netns/{name}"))
-            .expect("netns file")
-            .ino();
-        NetNs { name, inode }
+        NetNs(Named::create(&name).unwrap_or_else(|e| panic!("network namespace {name}: {e}")))
+    }
+
+    pub fn name(&self) -> &str {
+        self.0.name()
     }
 
     pub fn inode(&self) -> u64 {
-        self.inode
+        self.0.inode()
     }
 
     /// Run `f` on a thread inside the namespace. Sockets it creates belong to
     /// the namespace and can be used from any thread afterwards.
     pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let ns = File::open(&path).expect("open netns");
-                // SAFETY: valid fd; affects only this thread.
-                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .expect("netns thread")
-        })
+        self.0
+            .run(f)
+            .unwrap_or_else(|e| panic!("entering network namespace {}: {e}", self.name()))
     }
 
     /// A listener on `addr`, any port.
@@ -110,14 +114,6 @@ impl NetNs {
         let client_port = client.local_addr().unwrap().port();
         drop(client);
         (server, client_port)
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
     }
 }
 
@@ -167,18 +163,11 @@ impl Tracer {
     }
 
     fn spawn(args: &[&str], json: bool) -> Tracer {
-        require_root();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = agent(args);
         if json {
             cmd.arg("--json");
         }
-        let mut child = cmd
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn closewait-trace");
+        let mut child = cmd.spawn().expect("spawn closewait-trace");
         let lines = line_reader(child.stdout.take().expect("stdout"));
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err_pipe = child.stderr.take().expect("stderr");
@@ -287,8 +276,9 @@ impl Tracer {
         self.signal(libc::SIGCONT);
     }
 
-    /// SIGINT, then the summary; asserts a clean exit.
-    pub fn interrupt(mut self) -> Value {
+    /// SIGINT, then the summary; asserts a clean exit. [`Tracer::seen`]
+    /// then holds everything it wrote.
+    pub fn interrupt(&mut self) -> Value {
         self.signal(libc::SIGINT);
         let (summary, status) = self.wait_exit(Duration::from_secs(10));
         assert!(status.success(), "exit status after SIGINT: {status}");
@@ -343,6 +333,17 @@ impl Drop for Tracer {
     }
 }
 
+/// The binary with `args`, stdin on /dev/null, stdout and stderr on pipes.
+pub fn agent(args: &[&str]) -> Command {
+    require_root();
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
 /// Run the binary to completion (optionally as an unprivileged user).
 pub fn run_to_end(args: &[&str], unprivileged: bool) -> Output {
     let mut cmd = if unprivileged {
@@ -352,11 +353,11 @@ pub fn run_to_end(args: &[&str], unprivileged: bool) -> Output {
             "--regid=65534",
             "--clear-groups",
             "--inh-caps=-all",
-            BIN,
         ]);
+        c.arg(bin());
         c
     } else {
-        Command::new(BIN)
+        Command::new(bin())
     };
     cmd.args(args)
         .stdin(Stdio::null())
@@ -378,19 +379,13 @@ pub fn raise_fd_limit() {
     }
 }
 
-const TRACEFS: &str = "/sys/kernel/tracing";
-
-pub fn tracefs_mounted() -> bool {
-    std::path::Path::new(TRACEFS).join("events").is_dir()
-}
-
-/// Unmount tracefs if it is mounted and not busy; true when it is now
-/// unmounted.
+/// Unmount tracefs from [`tracefs::TRACEFS`] if it is mounted there and not
+/// busy; true when no tracefs is mounted now.
 pub fn unmount_tracefs() -> bool {
-    if tracefs_mounted() {
-        let _ = Command::new("umount").arg(TRACEFS).status();
+    if tracefs::mounted().is_some() {
+        let _ = Command::new("umount").arg(tracefs::TRACEFS).status();
     }
-    !tracefs_mounted()
+    tracefs::mounted().is_none()
 }
 
 /// Build a leaker test program once per test run; returns its path.
@@ -474,17 +469,42 @@ impl Drop for Cgroup {
     }
 }
 
+/// The python3 on PATH, resolved once (its real path: no shim in between).
+fn python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let out = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("python3 runs");
+        assert!(out.status.success(), "python3: {out:?}");
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+}
+
+/// The command line of leaker `which`: one of the programs [`leaker`]
+/// builds, or `py`: python3 running tests/leakers/peer.py.
+fn leaker_command(which: &str) -> Vec<PathBuf> {
+    match which {
+        "py" => vec![
+            python().to_path_buf(),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/leakers/peer.py"),
+        ],
+        _ => vec![leaker(which)],
+    }
+}
+
 /// A leaker process: in a network namespace, optionally in a cgroup.
 pub struct Leaker {
     child: Child,
     lines: Receiver<String>,
     /// Keeps the leaker alive: it exits when its stdin closes.
-    _stdin: std::process::ChildStdin,
+    stdin: std::process::ChildStdin,
 }
 
 impl Leaker {
+    /// Start leaker `which` (see [`leaker_command`]) with `args`.
     pub fn spawn(ns: &NetNs, cgroup: Option<&Cgroup>, which: &str, args: &[&str]) -> Leaker {
-        let bin = leaker(which);
         // Join the cgroup from a shell, then exec into the namespace (`ip
         // netns exec` remounts /sys, hiding the cgroup fs, so join first).
         // Every exec keeps the pid: the leaker lives its whole life there.
@@ -492,10 +512,10 @@ impl Leaker {
         if let Some(cg) = cgroup {
             script.push_str(&format!("echo $$ > '{}' && ", cg.procs_file().display()));
         }
-        script.push_str(&format!("exec ip netns exec '{}' \"$@\"", ns.name));
+        script.push_str(&format!("exec ip netns exec '{}' \"$@\"", ns.name()));
         let mut child = Command::new("sh")
             .args(["-c", &script, "sh"])
-            .arg(&bin)
+            .args(leaker_command(which))
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -507,8 +527,15 @@ impl Leaker {
         Leaker {
             child,
             lines,
-            _stdin: stdin,
+            stdin,
         }
+    }
+
+    /// Write `line` to its stdin.
+    pub fn say(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}")
+            .and_then(|()| self.stdin.flush())
+            .unwrap_or_else(|e| panic!("leaker: writing `{line}` to its stdin: {e}"));
     }
 
     /// Wait for the line starting with `word` and return its `key=value`s.
