@@ -322,13 +322,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         ports: cli.ports.clone(),
         ring_buffer_bytes: cli.ring_buffer_size,
         stacks: stacks_mode != StacksMode::Off,
+        without: cli.without.clone(),
     })?;
     let Probe {
         mode,
         events,
         mut kernel,
         creations,
+        features: _,
     } = probe;
+    // The kernel may not record stacks at all (said at load).
+    let stacks_mode = if creations.is_none() {
+        StacksMode::Off
+    } else {
+        stacks_mode
+    };
     let mut stacks_armed = stacks_mode == StacksMode::On && kernel.arm_stacks()?;
     let owner_filter = OwnerFilter {
         pids: cli.pids.clone(),

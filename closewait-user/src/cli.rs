@@ -8,7 +8,10 @@ use closewait_host::duration::{
     parse as parse_duration, parse_positive as parse_positive_duration,
 };
 
-use crate::{probe::AttachMode, tracking::Family};
+use crate::{
+    probe::{features::Feature, AttachMode},
+    tracking::Family,
+};
 
 /// Find TCP sockets stuck in CLOSE_WAIT, live: the peer closed, the local
 /// application never did.
@@ -77,6 +80,12 @@ pub struct Cli {
     /// an empty program on the same hook).
     #[arg(long, value_enum, hide = true)]
     pub attach: Option<AttachMode>,
+
+    /// Behave as if the kernel lacked FEATURE (repeatable; for testing each
+    /// fallback): btf, tp-btf, socket-cookie, ringbuf, stacks,
+    /// syscall-tracepoints.
+    #[arg(long, value_enum, value_name = "FEATURE", hide = true)]
+    pub without: Vec<Feature>,
 }
 
 /// When creation stacks are recorded.

@@ -2,6 +2,7 @@
 //! kernel offers, hand out the ring buffer, and read the drop counters.
 
 pub mod btf;
+pub mod features;
 pub mod tracefs;
 
 use std::{
@@ -17,7 +18,10 @@ use aya::{
 };
 use closewait_common::{counter, Config, Creation, TpOffsets, MAX_KERNEL_PORTS, NO_OFFSET};
 
-use self::btf as kernel_btf;
+use self::{
+    btf as kernel_btf,
+    features::{Feature, Features},
+};
 
 /// The kernel object, built by build.rs (empty when the build skipped it).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/closewait"));
@@ -52,6 +56,7 @@ impl AttachMode {
     }
 }
 
+#[derive(Clone)]
 pub struct LoadOptions {
     /// `None`: the best available.
     pub attach: Option<AttachMode>,
@@ -59,6 +64,8 @@ pub struct LoadOptions {
     pub ring_buffer_bytes: u32,
     /// Record creation stacks (connect/accept) in the kernel.
     pub stacks: bool,
+    /// Features to treat as missing (tests force each fallback with it).
+    pub without: Vec<Feature>,
 }
 
 /// Events the kernel could not deliver, as running totals.
@@ -109,8 +116,11 @@ pub struct Probe {
     /// Owns the programs and links (dropping it detaches), the drop
     /// counters and the stack switch.
     pub kernel: Kernel,
-    /// Creation records and stacks; `None` with `--no-stacks`.
+    /// Creation records and stacks; `None` with `--no-stacks`, or when the
+    /// kernel cannot record stacks.
     pub creations: Option<Creations>,
+    /// What the kernel was found to lack.
+    pub features: Features,
 }
 
 /// The kernel's creation records (who created a socket, from which code).
@@ -140,36 +150,70 @@ impl Probe {
         if OBJECT.is_empty() {
             bail!("this binary was built without its kernel program (AYA_BUILD_SKIP); rebuild with `cargo xtask build`");
         }
-        let btf_present = Path::new(VMLINUX_BTF).exists();
-        let mode = match opts.attach {
-            Some(AttachMode::TpBtf | AttachMode::Empty) if !btf_present => {
-                bail!("this attach mode needs kernel BTF, and {VMLINUX_BTF} does not exist")
+        let mut features = Features::detect(&opts.without);
+        if !features.has(Feature::Ringbuf) {
+            bail!("{}", Feature::Ringbuf.missing_line());
+        }
+        let mut opts = opts.clone();
+        if opts.stacks && !features.has(Feature::Stacks) {
+            say(Feature::Stacks);
+            opts.stacks = false;
+        }
+        if opts.stacks && features.pretends(Feature::SyscallTracepoints) {
+            say(Feature::SyscallTracepoints);
+        }
+        let opts = &opts;
+        let btf_ready = [Feature::Btf, Feature::TpBtf, Feature::SocketCookie]
+            .into_iter()
+            .find(|&f| !features.has(f));
+        let mode = match (opts.attach, btf_ready) {
+            (Some(AttachMode::TpBtf | AttachMode::Empty), Some(missing)) => {
+                bail!(
+                    "this attach mode needs what is missing: {}",
+                    missing.missing_line()
+                )
             }
-            Some(mode) => mode,
-            None if btf_present => AttachMode::TpBtf,
-            None => {
-                eprintln!("closewait-trace: no kernel BTF ({VMLINUX_BTF}); falling back to the classic tracepoint (no socket cookies, no netns)");
+            (Some(mode), _) => mode,
+            (None, None) => AttachMode::TpBtf,
+            (None, Some(missing)) => {
+                say(missing);
                 AttachMode::Tracepoint
             }
         };
-        match mode {
+        let mut probe = match mode {
             AttachMode::TpBtf => match Self::load_btf(opts, AttachMode::TpBtf) {
-                Ok(probe) => Ok(probe),
+                Ok(probe) => probe,
                 Err(err) if opts.attach.is_none() => {
-                    eprintln!("closewait-trace: BTF tracepoint unavailable ({err:#}); falling back to the classic tracepoint");
-                    Self::load_tracepoint(opts)
+                    let err = format!("{err:#}");
+                    let missing = if Features::is_cookie_refusal(&err) {
+                        Feature::SocketCookie
+                    } else {
+                        Feature::TpBtf
+                    };
+                    features.lacks(missing);
+                    eprintln!(
+                        "closewait-trace: {} (the BTF tracepoint program failed: {err})",
+                        missing.missing_line()
+                    );
+                    Self::load_tracepoint(opts)?
                 }
-                Err(err) => Err(err),
+                Err(err) => return Err(err),
             },
-            AttachMode::Tracepoint => Self::load_tracepoint(opts),
-            AttachMode::Empty => Self::load_btf(opts, AttachMode::Empty),
-        }
+            AttachMode::Tracepoint => Self::load_tracepoint(opts)?,
+            AttachMode::Empty => Self::load_btf(opts, AttachMode::Empty)?,
+        };
+        probe.features = features;
+        Ok(probe)
     }
 
     fn load_btf(opts: &LoadOptions, mode: AttachMode) -> anyhow::Result<Probe> {
         let offsets = kernel_btf::sock_offsets(Path::new(VMLINUX_BTF))?;
         let stacks = opts.stacks && mode == AttachMode::TpBtf;
-        let accept_ret = if stacks { accept_ret_offset() } else { None };
+        let accept_ret = if stacks {
+            accept_ret_offset(opts)
+        } else {
+            None
+        };
         let mut ebpf = loader(opts, accept_ret)
             .override_global("SOCK_OFFSETS", &offsets, true)
             .load(OBJECT)
@@ -193,7 +237,7 @@ impl Probe {
             .context("no kernel BTF and no tracefs: closewait-trace needs one of them to attach")?;
         let offsets: TpOffsets = tracefs::tracepoint_offsets(&root)?;
         let accept_ret = if opts.stacks {
-            accept_ret_offset()
+            accept_ret_offset(opts)
         } else {
             None
         };
@@ -245,6 +289,7 @@ impl Probe {
         };
         Ok(Probe {
             creations,
+            features: Features::default(),
             mode,
             events,
             kernel: Kernel {
@@ -285,6 +330,11 @@ impl Kernel {
     }
 }
 
+/// One line on stderr: `feature` is missing, and what happens instead.
+fn say(feature: Feature) {
+    eprintln!("closewait-trace: {}", feature.missing_line());
+}
+
 /// The loader with the settings both attach modes share.
 fn loader(opts: &LoadOptions, accept_ret: Option<u32>) -> EbpfLoader<'static> {
     let mut config = Config::DEFAULT;
@@ -310,7 +360,10 @@ fn loader(opts: &LoadOptions, accept_ret: Option<u32>) -> EbpfLoader<'static> {
 
 /// Where `ret` is in the accept syscall tracepoints, which need tracefs.
 /// `None` (with a warning): accepted sockets will have no creation stack.
-fn accept_ret_offset() -> Option<u32> {
+fn accept_ret_offset(opts: &LoadOptions) -> Option<u32> {
+    if opts.without.contains(&Feature::SyscallTracepoints) {
+        return None; // said at load
+    }
     match tracefs::ensure_mounted().and_then(|root| tracefs::accept_ret_offset(&root)) {
         Ok(offset) => Some(offset),
         Err(err) => {
