@@ -47,6 +47,22 @@ pub fn bin() -> &'static Path {
     })
 }
 
+/// A deadline for waiting on the tracer, stretched by
+/// `CLOSEWAIT_TEST_SLOWDOWN` (a factor, default 1) where everything runs
+/// slower: a guest kernel under emulation. Only waits are stretched, never
+/// what a test asserts about dwell times.
+pub fn slowed(timeout: Duration) -> Duration {
+    static FACTOR: OnceLock<f64> = OnceLock::new();
+    let factor = *FACTOR.get_or_init(|| {
+        std::env::var("CLOSEWAIT_TEST_SLOWDOWN")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|f| *f >= 1.0)
+            .unwrap_or(1.0)
+    });
+    timeout.mul_f64(factor)
+}
+
 fn require_root() {
     assert!(
         privileges::is_root(),
@@ -194,6 +210,11 @@ impl Tracer {
     }
 
     /// Every event received so far.
+    /// What it wrote on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
     pub fn seen(&self) -> Vec<Value> {
         self.seen
             .iter()
@@ -229,6 +250,7 @@ impl Tracer {
     }
 
     fn wait_for(&mut self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let timeout = slowed(timeout);
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(i) = self.pending.iter().position(|l| pred(l)) {
@@ -305,6 +327,7 @@ impl Tracer {
     }
 
     fn drain_until_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let timeout = slowed(timeout);
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -402,6 +425,18 @@ pub fn leaker(which: &str) -> std::path::PathBuf {
     let dir = DIR.get_or_init(|| std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/leakers");
     let out = dir.join(format!("leaker-{which}"));
+    let source = src.join(if which == "c" {
+        "leaker.c"
+    } else {
+        "leaker.rs"
+    });
+    // Built by an earlier run from the same source (the guest kernel's run
+    // reuses the host run's builds: compiling under emulation is slow).
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if modified(&out).is_some() && modified(&out) >= modified(&source) {
+        built.push((which.to_string(), out.clone()));
+        return out;
+    }
     let status = match which {
         "c" => Command::new("cc")
             .args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
