@@ -3,6 +3,7 @@
 mod bench;
 mod build;
 mod cmd;
+mod guest;
 mod setup;
 mod test;
 

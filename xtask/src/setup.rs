@@ -3,11 +3,18 @@
 //! Every check is cheap, so this is fast when everything is present. On a Debian-based system
 //! missing pieces are installed; anywhere else the commands are printed for the user to run.
 
-use std::{fs, io, process::Command};
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::cmd::{self, display, find_program, probe};
+use crate::{
+    cmd::{self, display, find_program, probe},
+    guest,
+};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -37,6 +44,31 @@ pub fn setup_bench() -> Result<()> {
     let mut setup = Setup::detect();
     setup.debs("benchmark peers (libbpf-tools, bpftrace)", BENCH_PEERS)?;
     setup.finish()
+}
+
+/// Debian packages virtme-ng needs to boot a kernel: qemu, and busybox for
+/// the guest's init.
+const GUEST_DEBS: &[&str] = &["qemu-system-x86", "busybox-static"];
+/// The virtme-ng release the guest runs were verified with.
+const VIRTME_NG: &str = "virtme-ng==1.42";
+
+/// Install what the kernel tests on a second kernel need on top of
+/// [`setup`]: qemu, busybox, virtme-ng, and, unless `kernel` names an image,
+/// Debian 12's newest 6.1 kernel. Returns (vng, kernel image).
+pub fn setup_guest(kernel: Option<&Path>) -> Result<(PathBuf, PathBuf)> {
+    let mut setup = Setup::detect();
+    setup.debs("qemu and busybox (to boot a guest kernel)", GUEST_DEBS)?;
+    let kernel = match kernel {
+        Some(k) => Some(k.to_path_buf()),
+        None => setup.debian_61_kernel()?,
+    };
+    let vng = setup.virtme_ng()?;
+    setup.finish()?;
+    match (vng, kernel) {
+        (Some(vng), Some(kernel)) => Ok((vng, kernel)),
+        (None, _) => bail!("virtme-ng (vng) is not installed"),
+        (_, None) => bail!("no Debian 12 kernel (linux-image-6.1.0-*-amd64) is installed"),
+    }
 }
 
 struct Setup {
@@ -170,11 +202,7 @@ impl Setup {
             return Ok(false);
         }
         let can_run = self.apt_sudo.is_some();
-        if !self.apt_updated {
-            self.apt_updated = true;
-            let update = self.apt_get(&["update", "-q"]);
-            self.step("updating apt package lists", update, can_run)?;
-        }
+        self.apt_update()?;
         let mut install = self.apt_get(&["install", "-y", "-q"]);
         install.args(packages);
         self.step(&format!("installing {what}"), install, can_run)
@@ -209,6 +237,60 @@ impl Setup {
         cmd.stdout(io::stderr());
         cmd::run(&mut cmd)?;
         Ok(true)
+    }
+
+    /// `/boot/vmlinuz-6.1.0-N-amd64`, installing the newest such package
+    /// Debian has when none is installed. Nothing reboots: it only lands in
+    /// /boot, next to the running kernel.
+    fn debian_61_kernel(&mut self) -> Result<Option<PathBuf>> {
+        if let Some(kernel) = guest::installed_debian_61() {
+            eprintln!("Debian 12 kernel: {}", kernel.display());
+            return Ok(Some(kernel));
+        }
+        if !self.debian {
+            self.manual
+                .push("# install a Linux 6.1 kernel image for --kernel".to_owned());
+            return Ok(None);
+        }
+        self.apt_update()?;
+        let listed = probe(Command::new("apt-cache").args([
+            "search",
+            "--names-only",
+            r"^linux-image-6\.1\.0-[0-9]+-amd64$",
+        ]))
+        .unwrap_or_default();
+        let Some(package) = newest_61_package(&listed) else {
+            bail!("apt-cache lists no linux-image-6.1.0-*-amd64 (is this Debian 12?); pass --kernel PATH");
+        };
+        let mut install = self.apt_get(&["install", "-y", "-q", "--no-install-recommends"]);
+        install.arg(&package);
+        let can_run = self.apt_sudo.is_some();
+        self.step(&format!("installing {package}"), install, can_run)?;
+        Ok(guest::installed_debian_61())
+    }
+
+    /// `vng` on PATH or in Python's scripts directory, installed with pip
+    /// when missing.
+    fn virtme_ng(&mut self) -> Result<Option<PathBuf>> {
+        if let Some(vng) = find_vng() {
+            eprintln!("virtme-ng: {}", vng.display());
+            return Ok(Some(vng));
+        }
+        let mut pip = Command::new("python3");
+        pip.args(["-m", "pip", "install", "-q", VIRTME_NG]);
+        let can_run = find_program("python3").is_some();
+        self.step("installing virtme-ng", pip, can_run)?;
+        Ok(find_vng())
+    }
+
+    fn apt_update(&mut self) -> Result<()> {
+        if !self.apt_updated {
+            self.apt_updated = true;
+            let update = self.apt_get(&["update", "-q"]);
+            let can_run = self.apt_sudo.is_some();
+            self.step("updating apt package lists", update, can_run)?;
+        }
+        Ok(())
     }
 
     fn finish(self) -> Result<()> {
@@ -249,8 +331,53 @@ fn deb_installed(package: &str) -> bool {
         .is_some_and(|out| out.lines().any(|l| l == "Status: install ok installed"))
 }
 
+/// The newest `linux-image-6.1.0-N-amd64` in `apt-cache search` output.
+fn newest_61_package(listed: &str) -> Option<String> {
+    listed
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|name| {
+            let abi: u32 = name
+                .strip_prefix("linux-image-6.1.0-")?
+                .strip_suffix("-amd64")?
+                .parse()
+                .ok()?;
+            Some((abi, name.to_owned()))
+        })
+        .max()
+        .map(|(_, name)| name)
+}
+
+fn find_vng() -> Option<PathBuf> {
+    find_program("vng").or_else(|| {
+        let scripts = probe(Command::new("python3").args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ]))?;
+        let vng = Path::new(scripts.trim()).join("vng");
+        vng.is_file().then_some(vng)
+    })
+}
+
 /// The version `bpf-linker --version` reports ("bpf-linker 0.13.0"), if it runs.
 fn bpf_linker_version() -> Option<String> {
     let out = probe(Command::new("bpf-linker").arg("--version"))?;
     out.split_whitespace().nth(1).map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_the_newest_61_kernel_package() {
+        let listed = "linux-image-6.1.0-9-amd64 - Linux 6.1 for 64-bit PCs (signed)\n\
+                      linux-image-6.1.0-57-amd64 - Linux 6.1 for 64-bit PCs (signed)\n\
+                      linux-image-6.1.0-56-amd64 - Linux 6.1 for 64-bit PCs (signed)\n";
+        assert_eq!(
+            newest_61_package(listed).as_deref(),
+            Some("linux-image-6.1.0-57-amd64")
+        );
+        assert_eq!(newest_61_package(""), None);
+    }
 }

@@ -1,19 +1,47 @@
 //! `cargo xtask test`: host unit tests, then the root-only kernel tests.
 
-use std::{ffi::OsString, process::Command};
+use std::{ffi::OsString, path::PathBuf, process::Command};
 
 use anyhow::{bail, Result};
 
-use crate::{build, cmd, setup};
+use crate::{build, cmd, guest, setup};
 
 #[derive(clap::Args)]
 pub struct TestArgs {
     /// Only run the host unit tests (no root needed)
     #[arg(long)]
     unit_only: bool,
+    /// Run the kernel tests on the running kernel only, not in the guest
+    #[arg(long, conflicts_with_all = ["unit_only", "guest_only", "kernel"])]
+    host_only: bool,
+    /// Run the kernel tests in the guest kernel only, not on the running one
+    #[arg(long, conflicts_with = "unit_only")]
+    guest_only: bool,
+    /// The guest kernel image (default: Debian 12's newest 6.1,
+    /// /boot/vmlinuz-6.1.0-N-amd64, installed by set-up)
+    #[arg(long, value_name = "PATH", conflicts_with = "unit_only")]
+    kernel: Option<PathBuf>,
     /// Extra arguments for the kernel test binary, e.g. a test name filter
     #[arg(last = true, conflicts_with = "unit_only")]
     kernel_args: Vec<OsString>,
+}
+
+/// One step of the run; `needs_previous` steps are skipped when the step
+/// before them failed.
+struct Step {
+    name: String,
+    run: Box<dyn FnOnce() -> Result<()>>,
+    needs_previous: bool,
+}
+
+impl Step {
+    fn cargo(name: &str, mut cargo: Command, needs_previous: bool) -> Step {
+        Step {
+            name: name.to_owned(),
+            run: Box::new(move || cmd::run_echoed(&mut cargo)),
+            needs_previous,
+        }
+    }
 }
 
 pub fn test(args: &TestArgs) -> Result<()> {
@@ -24,9 +52,14 @@ pub fn test(args: &TestArgs) -> Result<()> {
         );
     }
     setup::setup()?;
+    let guest = if args.unit_only || args.host_only {
+        None
+    } else {
+        Some(setup::setup_guest(args.kernel.as_deref())?)
+    };
 
     // Unit tests only: the kernel tests need root and run one at a time below.
-    let mut steps = vec![(
+    let mut steps = vec![Step::cargo(
         "host unit tests",
         cargo(&[
             "test",
@@ -41,50 +74,75 @@ pub fn test(args: &TestArgs) -> Result<()> {
         false,
     )];
     if !args.unit_only {
-        // closewait-tests does not depend on the agent: build it here, in the
-        // profile `cargo test` uses, and tell the tests where it is.
-        steps.push((
+        // closewait-tests does not depend on the agent: build it here, the
+        // release build that users run, and tell the tests where it is.
+        let agent = build::target_dir().join("release").join("closewait-trace");
+        steps.push(Step::cargo(
             "build the agent",
-            cargo(&["build", "-p", "closewait-user", "--bin", "closewait-trace"]),
+            cargo(&[
+                "build",
+                "--release",
+                "-p",
+                "closewait-user",
+                "--bin",
+                "closewait-trace",
+            ]),
             false,
         ));
-        let mut kernel = cargo(&["test", "-p", "closewait-tests", "--", "--test-threads=1"]);
-        kernel
-            .env(
-                "CLOSEWAIT_TRACE_BIN",
-                build::target_dir().join("debug").join("closewait-trace"),
-            )
-            .args(&args.kernel_args);
-        steps.push(("kernel tests (root)", kernel, true));
-        let ignored = cargo(&[
-            "test",
-            "-p",
-            "closewait-user",
-            "--lib",
-            "--bins",
-            "--",
-            "--ignored",
-            "--test-threads=1",
-        ]);
-        steps.push(("ignored root-only unit tests", ignored, false));
+        if !args.guest_only {
+            let mut kernel = cargo(&["test", "-p", "closewait-tests", "--", "--test-threads=1"]);
+            kernel
+                .env("CLOSEWAIT_TRACE_BIN", &agent)
+                .args(&args.kernel_args);
+            let name = format!("kernel tests (root) on the running kernel, {}", uname_r());
+            steps.push(Step::cargo(&name, kernel, true));
+            steps.push(Step::cargo(
+                "ignored root-only unit tests",
+                cargo(&[
+                    "test",
+                    "-p",
+                    "closewait-user",
+                    "--lib",
+                    "--bins",
+                    "--",
+                    "--ignored",
+                    "--test-threads=1",
+                ]),
+                false,
+            ));
+        }
+        if let Some((vng, image)) = guest {
+            let filters: Vec<String> = args
+                .kernel_args
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            steps.push(Step {
+                name: format!("kernel tests (root) in a guest kernel, {}", image.display()),
+                run: Box::new(move || {
+                    let exe = guest::build_test_exe()?;
+                    guest::run_tests(&vng, &image, &exe, &agent, &filters)
+                }),
+                needs_previous: false,
+            });
+        }
     }
 
-    // Run every step, even after a failure, so one run shows all problems;
-    // only a step that needs the one before it (`true`) is skipped.
+    // Run every step, even after a failure, so one run shows all problems.
     let mut failed = Vec::new();
     let mut previous_ok = true;
-    for (name, mut cargo, needs_previous) in steps {
-        eprintln!("==> {name}");
-        if needs_previous && !previous_ok {
+    for step in steps {
+        eprintln!("==> {}", step.name);
+        if step.needs_previous && !previous_ok {
             eprintln!("skipped: the step before it failed");
-            failed.push(name);
+            failed.push(step.name);
             continue;
         }
-        previous_ok = match cmd::run_echoed(&mut cargo) {
+        previous_ok = match (step.run)() {
             Ok(()) => true,
             Err(err) => {
                 eprintln!("{err:#}");
-                failed.push(name);
+                failed.push(step.name);
                 false
             }
         };
@@ -94,6 +152,13 @@ pub fn test(args: &TestArgs) -> Result<()> {
     }
     eprintln!("==> all tests passed");
     Ok(())
+}
+
+/// The running kernel's release, for the step's name.
+fn uname_r() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
 }
 
 fn cargo(args: &[&str]) -> Command {
