@@ -7,4 +7,4 @@ pub mod tracker;
 
 pub use events::{Family, Observed, Socket, Transition};
 pub use filter::{Filter, OwnerFilter};
-pub use tracker::{Bound, Counts, Found, Percentiles, Report, StuckSocket, Totals, Tracker};
+pub use tracker::{Bound, Counts, Found, Percentiles, Report, Totals, Tracker};
