@@ -1193,3 +1193,202 @@ fn missing_ring_buffer_is_one_line_and_exit_1() {
     assert!(stderr.contains("no BPF ring buffer"), "{stderr}");
     assert!(out.stdout.is_empty());
 }
+
+// ----- Why it is stuck: one real leak pattern per cause. -----
+
+/// The tracer's `stuck` report of the socket on `port` (local or remote).
+fn stuck_on(tracer: &mut Tracer, port: u16) -> serde_json::Value {
+    tracer.expect("stuck", 10 * S, |v| {
+        v["event"] == "stuck" && (v["lport"] == port || v["rport"] == port)
+    })
+}
+
+fn port_of(line: &std::collections::HashMap<String, String>) -> u16 {
+    line["port"].parse().expect("a port")
+}
+
+#[test]
+fn pool_connection_the_server_closed_when_idle_is_idle_closed_by_peer() {
+    let ns = NetNs::new("diag-idle");
+    let mut server = support::Leaker::spawn(
+        &ns,
+        None,
+        "patterns",
+        &["idle-server", "127.0.0.1", "0", "1000"],
+    );
+    let port = port_of(&server.expect("listening"));
+    let mut tracer = Tracer::start(&["--threshold", "500ms", "--port", &port.to_string()]);
+    let mut pool = support::Leaker::spawn(
+        &ns,
+        None,
+        "patterns",
+        &[
+            "pool-client",
+            "127.0.0.1",
+            &port.to_string(),
+            "--name",
+            "pool-client",
+        ],
+    );
+    let ready = pool.expect("ready");
+    let stuck = stuck_on(&mut tracer, port);
+    assert_eq!(stuck["pid"].to_string(), ready["pid"], "{stuck}");
+    let e = &stuck["evidence"];
+    assert_eq!(e["direction"], "outgoing", "{stuck}");
+    assert_eq!(e["rqueue"], 1, "nobody read since the FIN: {stuck}");
+    let idle = e["idle_before_fin_ms"].as_u64().expect("an idle gap");
+    assert!(
+        (800..1600).contains(&idle),
+        "the server's 1 s idle timeout, measured: {idle} ms"
+    );
+    let d = &stuck["diagnosis"];
+    assert_eq!(d["cause"], "idle_closed_by_peer", "{stuck}");
+    assert!(
+        d["hint"]
+            .as_str()
+            .unwrap()
+            .contains("idle timeout below ~1 s"),
+        "{d}"
+    );
+    tracer.interrupt();
+}
+
+#[test]
+fn handler_that_read_eof_and_returned_is_eof_not_closed() {
+    let ns = NetNs::new("diag-eof");
+    let mut server = support::Leaker::spawn(
+        &ns,
+        None,
+        "patterns",
+        &["eof-holder", "127.0.0.1", "0", "1"],
+    );
+    let port = port_of(&server.expect("listening"));
+    let mut tracer = Tracer::start(&["--threshold", "300ms", "--port", &port.to_string()]);
+    drop(ns.connect(SocketAddr::from(([127, 0, 0, 1], port))));
+    server.expect("ready");
+    let stuck = stuck_on(&mut tracer, port);
+    let e = &stuck["evidence"];
+    assert_eq!(e["rqueue"], 0, "EOF was read: {stuck}");
+    assert_eq!(e["direction"], "incoming", "{stuck}");
+    assert_eq!(e["accepted"], true, "{stuck}");
+    assert_eq!(stuck["diagnosis"]["cause"], "eof_not_closed", "{stuck}");
+    assert!(stuck["diagnosis"]["hint"]
+        .as_str()
+        .unwrap()
+        .contains("close"));
+    tracer.interrupt();
+}
+
+#[test]
+fn server_that_never_reads_is_unread_data() {
+    let ns = NetNs::new("diag-unread");
+    let mut server =
+        support::Leaker::spawn(&ns, None, "patterns", &["unread-holder", "127.0.0.1", "0"]);
+    let port = port_of(&server.expect("listening"));
+    let mut tracer = Tracer::start(&["--threshold", "300ms", "--port", &port.to_string()]);
+    {
+        let mut client = ns.connect(SocketAddr::from(([127, 0, 0, 1], port)));
+        std::io::Write::write_all(&mut client, &[b'x'; 300]).unwrap();
+    }
+    server.expect("ready");
+    let stuck = stuck_on(&mut tracer, port);
+    assert_eq!(
+        stuck["evidence"]["rqueue"], 301,
+        "300 bytes and the FIN: {stuck}"
+    );
+    let d = &stuck["diagnosis"];
+    assert_eq!(d["cause"], "unread_data", "{stuck}");
+    assert!(d["summary"].as_str().unwrap().contains("300 bytes"), "{d}");
+    tracer.interrupt();
+}
+
+#[test]
+fn listener_that_never_accepts_is_never_accepted() {
+    let ns = NetNs::new("diag-queue");
+    let mut server =
+        support::Leaker::spawn(&ns, None, "patterns", &["no-accept", "127.0.0.1", "0"]);
+    let port = port_of(&server.expect("listening"));
+    let mut tracer = Tracer::start(&["--threshold", "300ms", "--port", &port.to_string()]);
+    drop(ns.connect(SocketAddr::from(([127, 0, 0, 1], port))));
+    let stuck = stuck_on(&mut tracer, port);
+    let e = &stuck["evidence"];
+    assert_eq!(e["accepted"], false, "{stuck}");
+    assert_eq!(e["backlog"], 1, "{stuck}");
+    assert_eq!(e["backlog_max"], 16, "{stuck}");
+    assert!(stuck["pid"].is_null(), "no process holds it yet: {stuck}");
+    let d = &stuck["diagnosis"];
+    assert_eq!(d["cause"], "never_accepted", "{stuck}");
+    assert!(
+        d["summary"].as_str().unwrap().contains("accept queue 1/16"),
+        "{d}"
+    );
+    tracer.interrupt();
+}
+
+#[test]
+fn three_sockets_of_the_same_code_and_peer_are_one_group() {
+    let ns = NetNs::new("diag-group");
+    let mut server = support::Leaker::spawn(
+        &ns,
+        None,
+        "patterns",
+        &["eof-holder", "127.0.0.1", "0", "3", "--name", "eof-keeper"],
+    );
+    let port = port_of(&server.expect("listening"));
+    let mut tracer = Tracer::start(&["--threshold", "300ms", "--port", &port.to_string()]);
+    for _ in 0..3 {
+        drop(ns.connect(SocketAddr::from(([127, 0, 0, 1], port))));
+    }
+    server.expect("ready");
+    tracer.expect("a group of three", 10 * S, |v| {
+        v["event"] == "group" && v["count"] == 2
+    });
+    for _ in 0..3 {
+        stuck_on(&mut tracer, port);
+    }
+    let summary = tracer.interrupt();
+    let groups = summary["stuck_groups"].as_array().expect("groups");
+    assert_eq!(groups.len(), 1, "{summary}");
+    let g = &groups[0];
+    assert_eq!(g["count"], 3, "{g}");
+    assert_eq!(g["comm"], "eof-keeper", "{g}");
+    assert_eq!(g["cause"], "eof_not_closed", "{g}");
+    assert_eq!(
+        g["endpoint"],
+        format!("listening port {port}").as_str(),
+        "{g}"
+    );
+    assert!(g["hint"].as_str().is_some_and(|h| !h.is_empty()), "{g}");
+}
+
+#[test]
+fn five_thousand_stuck_sockets_fit_on_one_screen() {
+    support::raise_fd_limit();
+    let ns = NetNs::new("diag-flood");
+    let mut server =
+        support::Leaker::spawn(&ns, None, "patterns", &["closing-server", "127.0.0.1", "0"]);
+    let port = port_of(&server.expect("listening"));
+    let mut tracer = Tracer::start_text(&["--threshold", "300ms", "--port", &port.to_string()]);
+    let mut flood = support::Leaker::spawn(
+        &ns,
+        None,
+        "patterns",
+        &[
+            "flood",
+            "127.0.0.1",
+            &port.to_string(),
+            "5000",
+            "--name",
+            "flooder",
+        ],
+    );
+    flood.expect_within("ready", 120 * S);
+    tracer.expect_line("the group at 4096", 60 * S, |l| l.contains(" 4096x "));
+    std::thread::sleep(S); // past the threshold for the last ones: real dwell time
+    let out = tracer.interrupt_text();
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines.len() < 60, "{} lines:\n{out}", lines.len());
+    assert!(out.contains("5000 stuck sockets, pid "), "{out}");
+    assert!(out.contains("(flooder)"), "{out}");
+    assert!(out.contains("and 4990 more in 1 group"), "{out}");
+}

@@ -26,7 +26,7 @@ use crate::{
     output::{self, format::WallClock, Output, StartInfo},
     privileges,
     probe::{Drops, LoadOptions, Probe},
-    tracking::{Filter, Found, Observed, OwnerFilter, Report, Socket, Tracker, Transition},
+    tracking::{Bound, Filter, Found, Observed, OwnerFilter, Report, Socket, Tracker, Transition},
 };
 
 /// How often the ring buffer is drained when the kernel does not wake us
@@ -127,16 +127,28 @@ impl Agent {
     /// filter's verdict, then print what is ready.
     fn settle(&mut self) -> io::Result<()> {
         for (id, socket) in self.tracker.take_unresolved() {
-            self.request(id, socket);
+            self.request(id, socket, None, false);
         }
         self.flush()
     }
 
-    fn request(&mut self, id: u64, socket: Socket) {
-        if self.contexts.contains_key(&id) || !self.requested.insert(id) {
+    /// Ask for a socket's context; `evidence` for reported sockets (a
+    /// context found for the owner filter has none yet).
+    fn request(&mut self, id: u64, socket: Socket, enter_ns: Option<u64>, evidence: bool) {
+        let have = self
+            .contexts
+            .get(&id)
+            .is_some_and(|c| !evidence || c.evidence.is_some());
+        if have || !self.requested.insert(id) {
             return;
         }
-        if self.resolver.send(enrich::Request { id, socket }).is_err() {
+        let request = enrich::Request {
+            id,
+            socket,
+            enter_ns,
+            evidence,
+        };
+        if self.resolver.send(request).is_err() {
             self.requested.remove(&id);
         }
     }
@@ -153,7 +165,16 @@ impl Agent {
             Report::Existing { .. } | Report::Stuck { .. } => {
                 self.trouble = true;
                 if !self.model.is_reported(id) {
-                    self.request(id, report.socket().clone());
+                    // The FIN's time, where the entry was seen live.
+                    let enter_ns = match &report {
+                        Report::Stuck {
+                            dwell_ns,
+                            bound: Bound::Exact,
+                            ..
+                        } => Some(at_ns.saturating_sub(*dwell_ns)),
+                        _ => None,
+                    };
+                    self.request(id, report.socket().clone(), enter_ns, true);
                 }
                 Some(id)
             }
@@ -227,14 +248,18 @@ impl Agent {
             });
             let closing = matches!(report, Report::Close { .. });
             let reported = matches!(report, Report::Existing { .. } | Report::Stuck { .. });
-            let enriched = Enriched {
+            let mut enriched = Enriched {
                 id,
                 report,
                 at_ns,
                 ctx,
+                quiet: false,
             };
-            self.model.apply(&enriched);
+            let group = self.model.apply(&mut enriched);
             self.out.event(&enriched)?;
+            if let Some(group) = group {
+                self.out.group(&group, at_ns)?;
+            }
             if closing || (reported && !self.queue.iter().any(|p| p.needs == Some(id))) {
                 // Gone from CLOSE_WAIT, or now kept by the model.
                 self.contexts.remove(&id);

@@ -2,13 +2,23 @@
 //! (reports as they are shown, counts after each batch, drop totals); the
 //! outputs only read it and never reach into the tracker.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::Arc,
+};
 
 use crate::{
-    enrich::{stacks, Context},
+    enrich::{diagnosis::Cause, evidence::Direction, stacks, Context},
+    output::format::endpoint,
     probe::Drops,
     tracking::{Bound, Counts, Report, Socket},
 };
+
+/// Per-socket lines a group gets in the text stream; after that only the
+/// group's own line, when it grows past a power of two or changes cause.
+pub const LINES_PER_GROUP: usize = 5;
+/// Window of the growth rate.
+const MINUTE_NS: u64 = 60_000_000_000;
 
 /// One report on its way to the outputs, with what enrichment found.
 #[derive(Clone, Debug)]
@@ -18,8 +28,11 @@ pub struct Enriched {
     pub report: Report,
     /// When it is shown (CLOCK_MONOTONIC ns).
     pub at_ns: u64,
-    /// Owners and creation stack, for reported sockets.
+    /// Owners, creation stack, evidence and diagnosis, for reported sockets.
     pub ctx: Option<Arc<Context>>,
+    /// Its group has had its share of per-socket lines: the text stream
+    /// leaves this one out (set by [`Model::apply`]).
+    pub quiet: bool,
 }
 
 /// A socket shown to the user (existing or stuck) and still in CLOSE_WAIT.
@@ -30,6 +43,9 @@ pub struct Reported {
     pub bound: Bound,
     pub stuck: bool,
     pub ctx: Option<Arc<Context>>,
+    /// Its group, once stuck.
+    group: Option<GroupKey>,
+    quiet: bool,
 }
 
 /// A stuck socket as of some time.
@@ -42,14 +58,84 @@ pub struct StuckView<'a> {
     pub ctx: Option<&'a Context>,
 }
 
-/// Stuck sockets sharing an owner and a creation site.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Group {
-    pub count: usize,
+/// What makes stuck sockets one group: the owner, the code that created
+/// them, and the other side (the remote endpoint of outgoing connections,
+/// the local listening port of incoming ones).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupKey {
     pub pid: Option<u32>,
     pub comm: Option<String>,
     /// Innermost application frame of the creation stack (raw text).
     pub site: Option<String>,
+    pub endpoint: String,
+}
+
+impl GroupKey {
+    fn of(socket: &Socket, ctx: Option<&Context>) -> GroupKey {
+        let owner = ctx.and_then(|c| c.primary());
+        let site = ctx
+            .and_then(|c| c.creation.as_ref())
+            .and_then(|c| c.stack.as_ref())
+            .and_then(|stack| {
+                stacks::app_frames(stack, 1)
+                    .first()
+                    .map(|f| stacks::frame_label(f))
+            });
+        let direction = ctx
+            .and_then(|c| c.evidence.as_ref())
+            .and_then(|e| e.direction);
+        let endpoint = match direction {
+            Some(Direction::Incoming) => format!("listening port {}", socket.lport),
+            _ => endpoint(socket.raddr, socket.rport),
+        };
+        GroupKey {
+            pid: owner.map(|o| o.pid),
+            comm: owner.map(|o| o.comm.clone()),
+            site,
+            endpoint,
+        }
+    }
+}
+
+/// A group as the outputs show it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Group {
+    pub key: GroupKey,
+    pub count: usize,
+    /// Sockets that joined in the last minute.
+    pub growth_per_min: usize,
+    pub oldest_dwell_ns: u64,
+    pub median_idle_before_fin_ms: Option<u64>,
+    /// The most common cause among its members, with a member's summary and
+    /// hint; `None` before any diagnosis.
+    pub cause: Option<Cause>,
+    pub summary: Option<String>,
+    pub hint: Option<String>,
+    pub findings: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct GroupState {
+    members: usize,
+    causes: BTreeMap<Cause, usize>,
+    /// When members joined, within the last minute.
+    joined: VecDeque<u64>,
+    /// Per-socket lines shown.
+    shown: usize,
+    /// What the last group event said.
+    announced_count: usize,
+    announced_cause: Option<Cause>,
+}
+
+impl GroupState {
+    fn cause(&self) -> Option<Cause> {
+        // Most members; ties go to the first in rule order.
+        self.causes
+            .iter()
+            .filter(|(_, &n)| n > 0)
+            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+            .map(|(c, _)| *c)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -57,27 +143,34 @@ pub struct Model {
     counts: Counts,
     drops: Drops,
     reported: HashMap<u64, Reported>,
+    groups: HashMap<GroupKey, GroupState>,
 }
 
 impl Model {
-    /// Take in a report as it is shown.
-    pub fn apply(&mut self, e: &Enriched) {
+    /// Take in a report as it is shown; marks it `quiet` when its group has
+    /// had its per-socket lines. Returns the group to announce, if it
+    /// appeared, grew past a power of two or changed cause.
+    pub fn apply(&mut self, e: &mut Enriched) -> Option<Group> {
         match &e.report {
             Report::Existing {
                 socket,
                 dwell_ns,
                 stuck,
             } => {
-                self.reported.insert(
-                    e.id,
-                    Reported {
-                        socket: socket.clone(),
-                        enter_ns: e.at_ns.saturating_sub(*dwell_ns),
-                        bound: Bound::AtLeast,
-                        stuck: *stuck,
-                        ctx: e.ctx.clone(),
-                    },
-                );
+                let reported = Reported {
+                    socket: socket.clone(),
+                    enter_ns: e.at_ns.saturating_sub(*dwell_ns),
+                    bound: Bound::AtLeast,
+                    stuck: false,
+                    ctx: e.ctx.clone(),
+                    group: None,
+                    quiet: false,
+                };
+                self.reported.insert(e.id, reported);
+                if *stuck {
+                    return self.join(e);
+                }
+                None
             }
             Report::Stuck {
                 socket,
@@ -88,18 +181,114 @@ impl Model {
                     socket: socket.clone(),
                     enter_ns: e.at_ns.saturating_sub(*dwell_ns),
                     bound: *bound,
-                    stuck: true,
+                    stuck: false,
                     ctx: None,
+                    group: None,
+                    quiet: false,
                 });
-                entry.stuck = true;
                 if e.ctx.is_some() {
                     entry.ctx = e.ctx.clone();
                 }
+                self.join(e)
             }
             Report::Close { .. } => {
-                self.reported.remove(&e.id);
+                if let Some(r) = self.reported.remove(&e.id) {
+                    e.quiet = r.quiet;
+                    if let Some(key) = r.group {
+                        self.leave(&key, r.ctx.as_deref());
+                    }
+                }
+                None
             }
-            Report::Enter { .. } => {}
+            Report::Enter { .. } => None,
+        }
+    }
+
+    /// A reported socket became stuck: into its group.
+    fn join(&mut self, e: &mut Enriched) -> Option<Group> {
+        let r = self.reported.get_mut(&e.id)?;
+        if r.stuck {
+            return None;
+        }
+        r.stuck = true;
+        let key = GroupKey::of(&r.socket, r.ctx.as_deref());
+        r.group = Some(key.clone());
+        let cause = cause_of(r.ctx.as_deref());
+        let g = self.groups.entry(key.clone()).or_default();
+        g.members += 1;
+        if let Some(c) = cause {
+            *g.causes.entry(c).or_default() += 1;
+        }
+        while g.joined.front().is_some_and(|&t| t + MINUTE_NS < e.at_ns) {
+            g.joined.pop_front();
+        }
+        g.joined.push_back(e.at_ns);
+        e.quiet = g.shown >= LINES_PER_GROUP;
+        if !e.quiet {
+            g.shown += 1;
+        }
+        r.quiet = e.quiet;
+        let cause = g.cause();
+        let grew = g.members.is_power_of_two() && g.members > g.announced_count;
+        if g.announced_count == 0 || grew || cause != g.announced_cause {
+            g.announced_count = g.members;
+            g.announced_cause = cause;
+            return Some(self.group(&key, e.at_ns));
+        }
+        None
+    }
+
+    fn leave(&mut self, key: &GroupKey, ctx: Option<&Context>) {
+        let Some(g) = self.groups.get_mut(key) else {
+            return;
+        };
+        g.members = g.members.saturating_sub(1);
+        if let Some(c) = cause_of(ctx) {
+            if let Some(n) = g.causes.get_mut(&c) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        if g.members == 0 {
+            self.groups.remove(key);
+        }
+    }
+
+    /// A group as of `now_ns`, from its members.
+    fn group(&self, key: &GroupKey, now_ns: u64) -> Group {
+        let state = self.groups.get(key).cloned().unwrap_or_default();
+        let members: Vec<&Reported> = self
+            .reported
+            .values()
+            .filter(|r| r.stuck && r.group.as_ref() == Some(key))
+            .collect();
+        let cause = state.cause();
+        let sample = members
+            .iter()
+            .filter_map(|r| r.ctx.as_deref()?.diagnosis.as_ref())
+            .find(|d| Some(d.cause) == cause);
+        let mut idle: Vec<u64> = members
+            .iter()
+            .filter_map(|r| r.ctx.as_deref()?.evidence.as_ref()?.idle_before_fin_ms)
+            .collect();
+        idle.sort_unstable();
+        Group {
+            key: key.clone(),
+            count: state.members,
+            growth_per_min: state
+                .joined
+                .iter()
+                .filter(|&&t| t + MINUTE_NS >= now_ns)
+                .count(),
+            oldest_dwell_ns: members
+                .iter()
+                .map(|r| now_ns.saturating_sub(r.enter_ns))
+                .max()
+                .unwrap_or(0),
+            median_idle_before_fin_ms: idle.get(idle.len() / 2).copied(),
+            cause,
+            summary: sample.map(|d| d.summary.clone()),
+            hint: sample.map(|d| d.hint.clone()),
+            findings: sample.map(|d| d.findings.clone()).unwrap_or_default(),
         }
     }
 
@@ -148,42 +337,16 @@ impl Model {
         out
     }
 
-    /// Stuck sockets grouped by (pid, comm, creation site), largest first.
-    pub fn groups(&self) -> Vec<Group> {
-        type Key = (Option<u32>, Option<String>, Option<String>);
-        let mut counts: HashMap<Key, usize> = HashMap::new();
-        for r in self.reported.values().filter(|r| r.stuck) {
-            let ctx = r.ctx.as_deref();
-            let owner = ctx.and_then(|c| c.primary());
-            let site = ctx
-                .and_then(|c| c.creation.as_ref())
-                .and_then(|c| c.stack.as_ref())
-                .and_then(|stack| {
-                    stacks::app_frames(stack, 1)
-                        .first()
-                        .map(|f| stacks::frame_label(f))
-                });
-            *counts
-                .entry((owner.map(|o| o.pid), owner.map(|o| o.comm.clone()), site))
-                .or_default() += 1;
-        }
-        let mut groups: Vec<Group> = counts
-            .into_iter()
-            .map(|((pid, comm, site), count)| Group {
-                count,
-                pid,
-                comm,
-                site,
-            })
-            .collect();
-        groups.sort_by(|a, b| {
-            b.count
-                .cmp(&a.count)
-                .then(a.pid.cmp(&b.pid))
-                .then(a.site.cmp(&b.site))
-        });
+    /// Every group of stuck sockets, largest first.
+    pub fn groups(&self, now_ns: u64) -> Vec<Group> {
+        let mut groups: Vec<Group> = self.groups.keys().map(|k| self.group(k, now_ns)).collect();
+        groups.sort_by(|a, b| b.count.cmp(&a.count).then(a.key.cmp(&b.key)));
         groups
     }
+}
+
+fn cause_of(ctx: Option<&Context>) -> Option<Cause> {
+    ctx.and_then(|c| c.diagnosis.as_ref()).map(|d| d.cause)
 }
 
 #[cfg(test)]
@@ -191,6 +354,7 @@ pub(crate) mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
+    use crate::enrich::{diagnosis::diagnose, evidence::Evidence};
     use crate::{
         enrich::{
             owner::Owner,
@@ -246,6 +410,8 @@ pub(crate) mod tests {
                 }),
             }),
             inode: None,
+            evidence: None,
+            diagnosis: None,
         }
     }
 
@@ -259,41 +425,31 @@ pub(crate) mod tests {
             },
             at_ns: 105 * S,
             ctx,
+            quiet: false,
         }
     }
 
-    #[test]
-    fn stuck_sockets_come_and_go_with_their_reports() {
-        let mut m = Model::default();
-        let api = Arc::new(context("api-server"));
-        m.apply(&stuck(1, 1, Some(api.clone())));
-        m.apply(&stuck(2, 2, Some(api)));
-        m.apply(&stuck(3, 3, None));
-        let still = m.still_stuck(110 * S);
-        assert_eq!(still.len(), 3);
-        assert!(still.iter().all(|s| s.dwell_ns == 10 * S));
-        assert_eq!(
-            m.groups(),
-            vec![
-                Group {
-                    count: 2,
-                    pid: Some(4242),
-                    comm: Some("api-server".into()),
-                    site: Some("pool::checkout (src/pool.rs:88)".into()),
-                },
-                Group {
-                    count: 1,
-                    pid: None,
-                    comm: None,
-                    site: None,
-                },
-            ]
-        );
-        assert!(m.context(1).is_some());
-        m.apply(&Enriched {
-            id: 1,
+    /// `context(comm)` with evidence that diagnoses as `rqueue` says.
+    pub fn diagnosed(comm: &str, rqueue: u32) -> Context {
+        let evidence = Evidence {
+            rqueue: Some(rqueue),
+            accepted: Some(true),
+            direction: Some(Direction::Outgoing),
+            idle_before_fin_ms: Some(1000 + u64::from(rqueue)),
+            ..Evidence::default()
+        };
+        Context {
+            diagnosis: Some(diagnose(&evidence)),
+            evidence: Some(evidence),
+            ..context(comm)
+        }
+    }
+
+    fn close(id: u64, port: u16) -> Enriched {
+        Enriched {
+            id,
             report: Report::Close {
-                socket: socket(1),
+                socket: socket(port),
                 dwell_ns: 6 * S,
                 to: Some(9),
                 ts_ns: 106 * S,
@@ -301,15 +457,91 @@ pub(crate) mod tests {
             },
             at_ns: 106 * S,
             ctx: None,
-        });
+            quiet: false,
+        }
+    }
+
+    #[test]
+    fn stuck_sockets_come_and_go_with_their_reports() {
+        let mut m = Model::default();
+        let api = Arc::new(diagnosed("api-server", 1));
+        // Same owner, code and peer: one group.
+        assert!(
+            m.apply(&mut stuck(1, 5432, Some(api.clone()))).is_some(),
+            "appears"
+        );
+        assert!(
+            m.apply(&mut stuck(2, 5432, Some(api))).is_some(),
+            "2 is a power of two"
+        );
+        assert!(
+            m.apply(&mut stuck(3, 6000, None)).is_some(),
+            "another group"
+        );
+        let still = m.still_stuck(110 * S);
+        assert_eq!(still.len(), 3);
+        assert!(still.iter().all(|s| s.dwell_ns == 10 * S));
+        let groups = m.groups(110 * S);
+        assert_eq!(groups.len(), 2);
+        let g = &groups[0];
+        assert_eq!(g.count, 2);
+        assert_eq!(g.key.pid, Some(4242));
+        assert_eq!(g.key.endpoint, "10.0.0.2:5432");
+        assert_eq!(
+            g.key.site.as_deref(),
+            Some("pool::checkout (src/pool.rs:88)")
+        );
+        assert_eq!(g.cause, Some(Cause::IdleClosedByPeer));
+        assert!(g.hint.as_deref().unwrap().contains("idle timeout"));
+        assert_eq!(g.oldest_dwell_ns, 10 * S);
+        assert_eq!(g.median_idle_before_fin_ms, Some(1001));
+        assert_eq!(g.growth_per_min, 2);
+        assert_eq!(groups[1].cause, None, "no diagnosis");
+        assert!(m.context(1).is_some());
+        m.apply(&mut close(1, 5432));
         assert_eq!(m.still_stuck(110 * S).len(), 2);
         assert!(!m.is_reported(1));
+        assert_eq!(m.groups(110 * S)[0].count, 1);
+        m.apply(&mut close(3, 6000));
+        assert_eq!(m.groups(110 * S).len(), 1, "an emptied group goes away");
+    }
+
+    #[test]
+    fn groups_are_announced_at_powers_of_two_and_quiet_after_five_lines() {
+        let mut m = Model::default();
+        let ctx = Arc::new(diagnosed("pool", 1));
+        let mut announced = Vec::new();
+        let mut quiet = 0;
+        for id in 1..=100 {
+            let mut e = stuck(id, 5432, Some(ctx.clone()));
+            if let Some(g) = m.apply(&mut e) {
+                announced.push(g.count);
+            }
+            quiet += usize::from(e.quiet);
+        }
+        assert_eq!(announced, [1, 2, 4, 8, 16, 32, 64]);
+        assert_eq!(quiet, 100 - LINES_PER_GROUP);
+        // A quiet socket's close is quiet too.
+        let mut c = close(100, 5432);
+        m.apply(&mut c);
+        assert!(c.quiet);
+    }
+
+    #[test]
+    fn a_change_of_cause_is_announced() {
+        let mut m = Model::default();
+        m.apply(&mut stuck(1, 5432, Some(Arc::new(diagnosed("pool", 0)))));
+        let g = m.apply(&mut stuck(2, 5432, Some(Arc::new(diagnosed("pool", 1)))));
+        assert_eq!(g.map(|g| g.count), Some(2));
+        // Now 2 idle_closed_by_peer against 1 eof_not_closed: a new cause.
+        let g = m.apply(&mut stuck(3, 5432, Some(Arc::new(diagnosed("pool", 1)))));
+        assert_eq!(g.and_then(|g| g.cause), Some(Cause::IdleClosedByPeer));
     }
 
     #[test]
     fn existing_not_yet_stuck_is_not_in_the_stuck_list() {
         let mut m = Model::default();
-        m.apply(&Enriched {
+        m.apply(&mut Enriched {
             id: 9,
             report: Report::Existing {
                 socket: socket(9),
@@ -318,10 +550,11 @@ pub(crate) mod tests {
             },
             at_ns: 100 * S,
             ctx: None,
+            quiet: false,
         });
         assert!(m.is_reported(9));
         assert!(m.still_stuck(101 * S).is_empty());
-        m.apply(&Enriched {
+        m.apply(&mut Enriched {
             id: 9,
             report: Report::Stuck {
                 socket: socket(9),
@@ -330,6 +563,7 @@ pub(crate) mod tests {
             },
             at_ns: 104 * S,
             ctx: None,
+            quiet: false,
         });
         let still = m.still_stuck(110 * S);
         assert_eq!(still.len(), 1);

@@ -525,6 +525,10 @@ fn leaker_command(which: &str) -> Vec<PathBuf> {
             python().to_path_buf(),
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/leakers/peer.py"),
         ],
+        "patterns" => vec![
+            python().to_path_buf(),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/leakers/patterns.py"),
+        ],
         _ => vec![leaker(which)],
     }
 }
@@ -575,16 +579,23 @@ impl Leaker {
 
     /// Wait for the line starting with `word` and return its `key=value`s.
     pub fn expect(&mut self, word: &str) -> std::collections::HashMap<String, String> {
+        self.expect_within(word, Duration::from_secs(10))
+    }
+
+    /// [`Leaker::expect`], waiting up to `timeout` (stretched by [`slowed`]).
+    pub fn expect_within(
+        &mut self,
+        word: &str,
+        timeout: Duration,
+    ) -> std::collections::HashMap<String, String> {
+        let timeout = slowed(timeout);
         loop {
-            let line = self
-                .lines
-                .recv_timeout(Duration::from_secs(10))
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "leaker: no `{word}` line ({e}); status {:?}",
-                        self.child.try_wait()
-                    )
-                });
+            let line = self.lines.recv_timeout(timeout).unwrap_or_else(|e| {
+                panic!(
+                    "leaker: no `{word}` line ({e}); status {:?}",
+                    self.child.try_wait()
+                )
+            });
             if let Some(rest) = line.strip_prefix(word) {
                 return rest
                     .split_whitespace()

@@ -6,4 +6,4 @@ pub mod netns;
 pub mod sock_diag;
 
 pub use netns::{list_netns, NetNs};
-pub use sock_diag::{scan_all, scan_close_wait, ScanError, ScanResult, ScannedSocket};
+pub use sock_diag::{scan_all, scan_close_wait, Listener, ScanError, ScanResult, ScannedSocket};

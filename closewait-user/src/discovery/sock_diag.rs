@@ -32,7 +32,7 @@ use netlink_packet_core::{
     NlasIterator, Parseable, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_sock_diag::constants::{
-    AF_INET, AF_INET6, INET_DIAG_INFO, IPPROTO_TCP, SOCK_DIAG_BY_FAMILY, TCP_CLOSE_WAIT,
+    AF_INET, AF_INET6, INET_DIAG_INFO, IPPROTO_TCP, SOCK_DIAG_BY_FAMILY, TCP_CLOSE_WAIT, TCP_LISTEN,
 };
 use netlink_packet_sock_diag::inet::{
     ExtensionFlags, InetRequest, InetResponseBuffer, InetResponseHeader, SocketId, StateFlags,
@@ -57,6 +57,13 @@ const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 /// last_ack_sent, last_data_recv, last_ack_recv` → 8 + 12 * 4 = 56. The
 /// layout only ever grows at the end, so this offset holds on every kernel.
 const TCPI_LAST_ACK_RECV_OFFSET: usize = 56;
+/// The same layout: `last_data_sent` and `last_data_recv` are u32s 9 and 11
+/// of that run; after 24 u32s (to `total_retrans`, offset 104) come the u64s
+/// `pacing_rate`, `max_pacing_rate`, `bytes_acked` and `bytes_received`.
+const TCPI_LAST_DATA_SENT_OFFSET: usize = 44;
+const TCPI_LAST_DATA_RECV_OFFSET: usize = 52;
+const TCPI_BYTES_ACKED_OFFSET: usize = 120;
+const TCPI_BYTES_RECEIVED_OFFSET: usize = 128;
 
 /// Length of `struct inet_diag_msg`; its attributes follow it directly.
 const INET_DIAG_MSG_LEN: usize = size_of::<InetResponseBuffer>();
@@ -86,6 +93,31 @@ pub struct ScannedSocket {
     /// `tcp_info.tcpi_last_ack_recv`: milliseconds since the last ACK was
     /// received; `None` when the kernel sent no (or a too short) `tcp_info`.
     pub last_ack_recv_ms: Option<u32>,
+    /// `idiag_rqueue`: bytes received and not read. In CLOSE_WAIT the peer's
+    /// FIN counts as one until the application has read EOF.
+    pub rqueue: u32,
+    /// `idiag_wqueue`: bytes written and not yet acknowledged.
+    pub wqueue: u32,
+    /// `tcpi_last_data_sent`, `tcpi_last_data_recv`: milliseconds since data
+    /// last went out, came in.
+    pub last_data_sent_ms: Option<u32>,
+    pub last_data_recv_ms: Option<u32>,
+    /// `tcpi_bytes_acked`, `tcpi_bytes_received` (Linux 4.1+).
+    pub bytes_acked: Option<u64>,
+    pub bytes_received: Option<u64>,
+}
+
+/// A listening TCP socket (the scans list them for the evidence: which
+/// local ports accept connections, and how full their accept queues are).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub netns: u32,
+    pub laddr: IpAddr,
+    pub lport: u16,
+    /// Connections waiting in the accept queue (`idiag_rqueue` of a listener).
+    pub backlog: u32,
+    /// The queue's limit (`idiag_wqueue` of a listener).
+    pub max_backlog: u32,
 }
 
 /// Why a scan (or, collected as text in [`ScanResult::errors`], one
@@ -143,6 +175,8 @@ pub struct ScanResult {
     /// Per-namespace failures that were skipped, one message each, for the
     /// caller to log. Sockets found before a failure are still reported.
     pub errors: Vec<String>,
+    /// Listening sockets of the scanned namespaces.
+    pub listeners: Vec<Listener>,
 }
 
 /// Scan every namespace in `namespaces` for TCP sockets in CLOSE_WAIT.
@@ -198,7 +232,13 @@ fn scan_namespace(ns: &NetNs, buf: &mut [u8], result: &mut ScanResult) {
         }
     }
     for family in [AF_INET, AF_INET6] {
-        match dump_close_wait(family, ns.inode, buf, &mut result.sockets) {
+        match dump_close_wait(
+            family,
+            ns.inode,
+            buf,
+            &mut result.sockets,
+            &mut result.listeners,
+        ) {
             Ok(0) => {}
             Ok(skipped) => result.errors.push(format!(
                 "{}: skipped {skipped} malformed sock_diag message(s)",
@@ -270,10 +310,12 @@ fn dump_close_wait(
     netns: u32,
     buf: &mut [u8],
     sockets: &mut Vec<ScannedSocket>,
+    listeners: &mut Vec<Listener>,
 ) -> Result<usize, ScanError> {
     let socket = open_diag_socket()?;
     send_all(&socket, &dump_request(family, DUMP_SEQ))?;
     let mut dump = Dump::new(DUMP_SEQ, netns, sockets);
+    dump.listeners = Some(listeners);
     loop {
         let len = recv_datagram(&socket, buf)?;
         let datagram = buf.get(..len).unwrap_or_default();
@@ -320,7 +362,8 @@ fn set_recv_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
     }
 }
 
-/// The inet_diag dump request: TCP sockets of `family` in CLOSE_WAIT, with
+/// The inet_diag dump request: TCP sockets of `family` in CLOSE_WAIT (and
+/// listeners), with
 /// `INET_DIAG_INFO` (struct tcp_info) attached.
 fn dump_request(family: u8, seq: u32) -> Vec<u8> {
     let socket_id = if family == AF_INET6 {
@@ -332,7 +375,7 @@ fn dump_request(family: u8, seq: u32) -> Vec<u8> {
         family,
         protocol: IPPROTO_TCP,
         extensions: ExtensionFlags::INFO,
-        states: StateFlags::CLOSE_WAIT,
+        states: StateFlags::CLOSE_WAIT | StateFlags::LISTEN,
         socket_id,
     };
     let mut header = NetlinkHeader::default();
@@ -402,6 +445,8 @@ struct Dump<'a> {
     seq: u32,
     netns: u32,
     sockets: &'a mut Vec<ScannedSocket>,
+    /// Where listeners go; `None`: dropped.
+    listeners: Option<&'a mut Vec<Listener>>,
     /// inet_diag messages skipped because they could not be parsed.
     malformed: usize,
 }
@@ -412,6 +457,7 @@ struct Dump<'a> {
 /// and skipped instead of failing the dump.
 enum DiagReply {
     Socket(ScannedSocket),
+    Listener(Listener),
     /// Not in CLOSE_WAIT, or not an inet_diag message.
     Other,
     Malformed,
@@ -423,6 +469,9 @@ impl NetlinkDeserializable for DiagReply {
     fn deserialize(header: &NetlinkHeader, payload: &[u8]) -> Result<Self, Self::Error> {
         if header.message_type != SOCK_DIAG_BY_FAMILY {
             return Ok(DiagReply::Other);
+        }
+        if let Some(listener) = parse_listener(payload, 0) {
+            return Ok(DiagReply::Listener(listener));
         }
         Ok(match parse_inet_diag_msg(payload, 0) {
             Ok(Some(socket)) => DiagReply::Socket(socket),
@@ -438,6 +487,7 @@ impl<'a> Dump<'a> {
             seq,
             netns,
             sockets,
+            listeners: None,
             malformed: 0,
         }
     }
@@ -467,6 +517,12 @@ impl<'a> Dump<'a> {
                     NetlinkPayload::InnerMessage(DiagReply::Socket(mut socket)) => {
                         socket.netns = self.netns;
                         self.sockets.push(socket);
+                    }
+                    NetlinkPayload::InnerMessage(DiagReply::Listener(mut listener)) => {
+                        listener.netns = self.netns;
+                        if let Some(listeners) = self.listeners.as_mut() {
+                            listeners.push(listener);
+                        }
                     }
                     NetlinkPayload::InnerMessage(DiagReply::Malformed) => self.malformed += 1,
                     _ => {}
@@ -501,6 +557,15 @@ fn parse_inet_diag_msg(payload: &[u8], netns: u32) -> Result<Option<ScannedSocke
     }
     let attributes = payload.get(INET_DIAG_MSG_LEN..).unwrap_or_default();
     let id = &header.socket_id;
+    let info = find_tcp_info(attributes)?.unwrap_or_default();
+    let u32_at = |offset: usize| {
+        let bytes = info.get(offset..offset + 4)?;
+        Some(u32::from_ne_bytes(bytes.try_into().ok()?))
+    };
+    let u64_at = |offset: usize| {
+        let bytes = info.get(offset..offset + 8)?;
+        Some(u64::from_ne_bytes(bytes.try_into().ok()?))
+    };
     Ok(Some(ScannedSocket {
         cookie: cookie_from_sockid(id.cookie),
         family: u16::from(header.family),
@@ -511,8 +576,26 @@ fn parse_inet_diag_msg(payload: &[u8], netns: u32) -> Result<Option<ScannedSocke
         netns,
         inode: u64::from(header.inode),
         uid: header.uid,
-        last_ack_recv_ms: find_last_ack_recv(attributes)?,
+        last_ack_recv_ms: tcpi_last_ack_recv(info),
+        rqueue: header.recv_queue,
+        wqueue: header.send_queue,
+        last_data_sent_ms: u32_at(TCPI_LAST_DATA_SENT_OFFSET),
+        last_data_recv_ms: u32_at(TCPI_LAST_DATA_RECV_OFFSET),
+        bytes_acked: u64_at(TCPI_BYTES_ACKED_OFFSET),
+        bytes_received: u64_at(TCPI_BYTES_RECEIVED_OFFSET),
     }))
+}
+
+/// A listening socket's message, if it is one.
+fn parse_listener(payload: &[u8], netns: u32) -> Option<Listener> {
+    let header = InetResponseHeader::parse(payload).ok()?;
+    (header.state == TCP_LISTEN).then_some(Listener {
+        netns,
+        laddr: header.socket_id.source_address,
+        lport: header.socket_id.source_port,
+        backlog: header.recv_queue,
+        max_backlog: header.send_queue,
+    })
 }
 
 /// `idiag_cookie` is `__u32[2]` in host byte order, low word first
@@ -523,12 +606,15 @@ fn cookie_from_sockid(raw: [u8; 8]) -> u64 {
     u64::from(low) | (u64::from(high) << 32)
 }
 
-/// `tcpi_last_ack_recv` from the `INET_DIAG_INFO` attribute, if present.
-fn find_last_ack_recv(attributes: &[u8]) -> Result<Option<u32>, DecodeError> {
+/// The raw `struct tcp_info` of the `INET_DIAG_INFO` attribute, if present.
+fn find_tcp_info(attributes: &[u8]) -> Result<Option<&[u8]>, DecodeError> {
     for attribute in NlasIterator::new(attributes) {
         let attribute = attribute?;
         if attribute.kind() == INET_DIAG_INFO {
-            return Ok(tcpi_last_ack_recv(attribute.value()));
+            let len = attribute.value_length();
+            let whole: &[u8] = attribute.into_inner();
+            // The value follows the 4-byte attribute header.
+            return Ok(whole.get(4..4 + len));
         }
     }
     Ok(None)
@@ -599,7 +685,7 @@ mod tests {
             b.extend_from_slice(&0u32.to_ne_bytes()); // interface
             b.extend_from_slice(&(self.cookie as u32).to_ne_bytes());
             b.extend_from_slice(&((self.cookie >> 32) as u32).to_ne_bytes());
-            for v in [0u32, 0, 0, self.uid, self.inode] {
+            for v in [0u32, 1, 0, self.uid, self.inode] {
                 b.extend_from_slice(&v.to_ne_bytes()); // expires rqueue wqueue uid inode
             }
             assert_eq!(b.len(), INET_DIAG_MSG_LEN);
@@ -619,6 +705,16 @@ mod tests {
         info[0] = TCP_CLOSE_WAIT;
         if let Some(field) = info.get_mut(56..60) {
             field.copy_from_slice(&last_ack_recv.to_ne_bytes());
+        }
+        for (offset, value) in [(44, 5000u32), (52, 4000)] {
+            if let Some(field) = info.get_mut(offset..offset + 4) {
+                field.copy_from_slice(&value.to_ne_bytes());
+            }
+        }
+        for (offset, value) in [(120, 301u64), (128, 7)] {
+            if let Some(field) = info.get_mut(offset..offset + 8) {
+                field.copy_from_slice(&value.to_ne_bytes());
+            }
         }
         info
     }
@@ -662,6 +758,12 @@ mod tests {
                 inode: 424242,
                 uid: 1000,
                 last_ack_recv_ms: Some(1234),
+                rqueue: 1,
+                wqueue: 0,
+                last_data_sent_ms: Some(5000),
+                last_data_recv_ms: Some(4000),
+                bytes_acked: Some(301),
+                bytes_received: Some(7),
             }
         );
     }
@@ -684,6 +786,25 @@ mod tests {
         let mut msg = DiagMsg::v4_close_wait();
         msg.state = 1; // ESTABLISHED
         assert_eq!(parse_inet_diag_msg(&msg.payload(), 1).unwrap(), None);
+        assert_eq!(parse_listener(&msg.payload(), 1), None);
+    }
+
+    #[test]
+    fn listeners_give_their_accept_queue() {
+        let mut msg = DiagMsg::v4_close_wait();
+        msg.state = TCP_LISTEN;
+        let listener = parse_listener(&msg.payload(), 9).expect("a listener");
+        assert_eq!(listener.lport, 8080);
+        assert_eq!((listener.backlog, listener.max_backlog), (1, 0));
+        assert_eq!(parse_inet_diag_msg(&msg.payload(), 9).unwrap(), None);
+        let datagram = nlmsg(SOCK_DIAG_BY_FAMILY, 7, &msg.payload());
+        let mut sockets = Vec::new();
+        let mut listeners = Vec::new();
+        let mut dump = Dump::new(7, 99, &mut sockets);
+        dump.listeners = Some(&mut listeners);
+        dump.feed(&datagram).unwrap();
+        assert_eq!(listeners.len(), 1);
+        assert_eq!(listeners[0].netns, 99);
     }
 
     #[test]
@@ -712,6 +833,14 @@ mod tests {
         assert_eq!(
             std::mem::offset_of!(libc::tcp_info, tcpi_last_ack_recv),
             TCPI_LAST_ACK_RECV_OFFSET
+        );
+        assert_eq!(
+            std::mem::offset_of!(libc::tcp_info, tcpi_last_data_sent),
+            TCPI_LAST_DATA_SENT_OFFSET
+        );
+        assert_eq!(
+            std::mem::offset_of!(libc::tcp_info, tcpi_last_data_recv),
+            TCPI_LAST_DATA_RECV_OFFSET
         );
         assert_eq!(
             tcpi_last_ack_recv(&tcp_info(60, 0xdead_beef)),
@@ -839,7 +968,11 @@ mod tests {
         assert_eq!(body[0], libc::AF_INET6 as u8);
         assert_eq!(body[1], libc::IPPROTO_TCP as u8);
         assert_eq!(body[2], 1 << (INET_DIAG_INFO - 1));
-        assert_eq!(u32::from_ne_bytes(body[4..8].try_into().unwrap()), 1 << 8);
+        assert_eq!(
+            u32::from_ne_bytes(body[4..8].try_into().unwrap()),
+            (1 << 8) | (1 << 10),
+            "CLOSE_WAIT and LISTEN"
+        );
     }
 
     #[test]
@@ -948,5 +1081,21 @@ mod tests {
             assert!(found.last_ack_recv_ms.is_some_and(|ms| ms < 60_000));
         }
         assert!(streams.len() == 3 || streams.len() == 1);
+        // Listeners come with the scan, with their accept queue.
+        let listener = closewait_host::netns::run_in(&netns.path(), || {
+            TcpListener::bind("127.0.0.1:0").expect("bind")
+        })
+        .expect("enter the namespace");
+        let port = listener.local_addr().unwrap().port();
+        let scan = scan_all().expect("scan_all");
+        let found = scan
+            .listeners
+            .iter()
+            .find(|l| l.netns == ns_inode && l.lport == port);
+        assert!(
+            found.is_some(),
+            "listener :{port} not in {:?}",
+            scan.listeners
+        );
     }
 }

@@ -1,7 +1,10 @@
-//! Enrichment: who holds a socket and which code created it. Runs on its
-//! own thread: walking /proc and symbolizing can take milliseconds on a big
-//! host, and the event stream must never wait for it.
+//! Enrichment: who holds a socket, which code created it, and why it is
+//! stuck (evidence and diagnosis). Runs on its own thread: walking /proc,
+//! scanning namespaces and symbolizing can take milliseconds on a big host,
+//! and the event stream must never wait for it.
 
+pub mod diagnosis;
+pub mod evidence;
 pub mod owner;
 pub mod stacks;
 
@@ -15,6 +18,8 @@ use closewait_common::{accept_key, Creation, CreationKind};
 use tokio::sync::mpsc;
 
 use self::{
+    diagnosis::Diagnosis,
+    evidence::Evidence,
     owner::Owner,
     stacks::{Stack, Symbolizer},
 };
@@ -30,6 +35,9 @@ pub struct Context {
     /// The socket's inode, when the event had none (a socket that entered
     /// CLOSE_WAIT while still in the accept queue has no file yet).
     pub inode: Option<u64>,
+    /// Why it is stuck: gathered for reported sockets (existing, stuck).
+    pub evidence: Option<Evidence>,
+    pub diagnosis: Option<Diagnosis>,
 }
 
 impl Context {
@@ -51,6 +59,12 @@ pub struct CreationContext {
 pub struct Request {
     pub id: u64,
     pub socket: Socket,
+    /// When it entered CLOSE_WAIT (CLOCK_MONOTONIC ns), if seen live: the
+    /// time of the peer's FIN.
+    pub enter_ns: Option<u64>,
+    /// Gather evidence and a diagnosis too (reported sockets; not the owner
+    /// filter's lookups).
+    pub evidence: bool,
 }
 
 pub struct Response {
@@ -112,13 +126,24 @@ struct Resolver {
 
 impl Resolver {
     fn resolve(&mut self, batch: Vec<Request>) -> Vec<Response> {
-        let inodes = inodes_for(&batch);
+        // One sock_diag scan of the namespaces involved serves the inode
+        // lookups and the evidence of the whole batch.
+        let scan_started = closewait_host::clock::mono_ns();
+        let scan = if batch.iter().any(|r| r.evidence || r.socket.inode.is_none()) {
+            scan_for(&batch)
+        } else {
+            discovery::ScanResult::default()
+        };
+        let scan_took = closewait_host::clock::mono_ns().saturating_sub(scan_started);
+        let inodes = inodes_for(&batch, &scan.sockets);
         let wanted: HashSet<u64> = inodes.values().copied().collect();
         let filter = &self.owner_filter;
         let holders = owner::find_holders(&wanted, |p| {
             filter.may_hold(p.pid() as u32, || owner::comm(p))
         });
         let mut described: HashMap<(u32, u32), Option<Owner>> = HashMap::new();
+        // Per owner, once a batch: counting a big process's fds is not free.
+        let mut fds: HashMap<u32, Option<(u64, u64)>> = HashMap::new();
         batch
             .into_iter()
             .map(|req| {
@@ -143,12 +168,32 @@ impl Resolver {
                         owners[..=i].rotate_right(1);
                     }
                 }
+                let evidence = req.evidence.then(|| {
+                    // When the scan read tcp_info, give or take half the scan.
+                    let now = scan_started + scan_took / 2;
+                    evidence::gather(
+                        &req.socket,
+                        &evidence::Inputs {
+                            scanned: find_scanned(&req.socket, &scan.sockets),
+                            listeners: &scan.listeners,
+                            creation: creation.as_ref().map(|c| c.kind),
+                            owner: owners.first(),
+                            fds: owners.first().and_then(|o| {
+                                *fds.entry(o.pid).or_insert_with(|| evidence::fd_use(o.pid))
+                            }),
+                            since_fin_ms: req.enter_ns.map(|e| now.saturating_sub(e) / 1_000_000),
+                        },
+                    )
+                });
+                let diagnosis = evidence.as_ref().map(diagnosis::diagnose);
                 Response {
                     id: req.id,
                     context: Arc::new(Context {
                         owners,
                         creation,
                         inode,
+                        evidence,
+                        diagnosis,
                     }),
                 }
             })
@@ -196,53 +241,51 @@ impl Resolver {
     }
 }
 
-/// Socket inodes for a batch: from the kernel event when it carried one,
-/// else from a sock_diag scan. A socket that entered CLOSE_WAIT before it was
-/// accepted had no file yet, and the classic-tracepoint fallback reads no
-/// inode at all.
-fn inodes_for(batch: &[Request]) -> HashMap<u64, u64> {
-    let mut inodes: HashMap<u64, u64> = batch
-        .iter()
-        .filter_map(|r| r.socket.inode.map(|i| (r.id, i)))
-        .collect();
-    let missing: Vec<&Socket> = batch
-        .iter()
-        .filter(|r| r.socket.inode.is_none())
-        .map(|r| &r.socket)
-        .collect();
-    if missing.is_empty() {
-        return inodes;
-    }
-    // Scan only the namespaces the sockets are in, when known.
+/// Scan the namespaces the batch's sockets are in (all, when one of them
+/// has no namespace: the classic-tracepoint fallback).
+fn scan_for(batch: &[Request]) -> discovery::ScanResult {
     let mut namespaces = discovery::list_netns();
-    if missing.iter().all(|s| s.netns.is_some()) {
-        namespaces.retain(|ns| missing.iter().any(|s| s.netns == Some(ns.inode)));
+    if batch.iter().all(|r| r.socket.netns.is_some()) {
+        namespaces.retain(|ns| batch.iter().any(|r| r.socket.netns == Some(ns.inode)));
     }
-    let Ok(scan) = discovery::scan_close_wait(&namespaces) else {
-        return inodes;
-    };
-    for req in batch.iter().filter(|r| r.socket.inode.is_none()) {
-        if let Some(inode) = match_inode(&req.socket, &scan.sockets) {
-            inodes.insert(req.id, inode);
-        }
-    }
-    inodes
+    discovery::scan_close_wait(&namespaces).unwrap_or_default()
 }
 
-/// The inode of `socket` among scanned sockets: by cookie and network
-/// namespace when the event had them (cookies are unique on the host, the
-/// 4-tuple is not: two pods can use the very same one); else by 4-tuple, and
-/// only when exactly one socket has it, since a wrong owner is worse than
-/// none.
+/// Socket inodes for a batch: from the kernel event when it carried one,
+/// else from the scan. A socket that entered CLOSE_WAIT before it was
+/// accepted had no file yet, and the classic-tracepoint fallback reads no
+/// inode at all.
+fn inodes_for(batch: &[Request], scanned: &[discovery::ScannedSocket]) -> HashMap<u64, u64> {
+    batch
+        .iter()
+        .filter_map(|r| {
+            let inode = r.socket.inode.or_else(|| match_inode(&r.socket, scanned))?;
+            Some((r.id, inode))
+        })
+        .collect()
+}
+
+/// The inode of `socket` among scanned sockets, if it has a file.
 fn match_inode(socket: &Socket, scanned: &[discovery::ScannedSocket]) -> Option<u64> {
-    let with_file = scanned.iter().filter(|f| f.inode != 0);
+    find_scanned(socket, scanned)
+        .map(|f| f.inode)
+        .filter(|&inode| inode != 0)
+}
+
+/// `socket` among scanned sockets: by cookie and network namespace when the
+/// event had them (cookies are unique on the host, the 4-tuple is not: two
+/// pods can use the very same one); else by 4-tuple, and only when exactly
+/// one socket has it, since a wrong owner is worse than none.
+fn find_scanned<'a>(
+    socket: &Socket,
+    scanned: &'a [discovery::ScannedSocket],
+) -> Option<&'a discovery::ScannedSocket> {
     if let Some(cookie) = socket.cookie {
-        return with_file
-            .filter(|f| f.cookie == cookie && socket.netns.is_none_or(|ns| ns == f.netns))
-            .map(|f| f.inode)
-            .next();
+        return scanned
+            .iter()
+            .find(|f| f.cookie == cookie && socket.netns.is_none_or(|ns| ns == f.netns));
     }
-    let mut hits = with_file.filter(|f| {
+    let mut hits = scanned.iter().filter(|f| {
         f.lport == socket.lport
             && f.rport == socket.rport
             && same_addr(f.laddr, socket.laddr)
@@ -250,7 +293,7 @@ fn match_inode(socket: &Socket, scanned: &[discovery::ScannedSocket]) -> Option<
             && socket.netns.is_none_or(|ns| ns == f.netns)
     });
     let first = hits.next()?;
-    hits.next().is_none().then_some(first.inode)
+    hits.next().is_none().then_some(first)
 }
 
 /// Equal, counting an IPv4-mapped IPv6 address as its IPv4 address.
@@ -300,6 +343,12 @@ mod tests {
             inode,
             uid: 0,
             last_ack_recv_ms: None,
+            rqueue: 1,
+            wqueue: 0,
+            last_data_sent_ms: None,
+            last_data_recv_ms: None,
+            bytes_acked: None,
+            bytes_received: None,
         }
     }
 

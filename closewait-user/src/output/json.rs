@@ -13,7 +13,7 @@ use super::{
     Output, StartInfo,
 };
 use crate::{
-    model::{Enriched, Model},
+    model::{Enriched, Group, Model},
     probe::Drops,
     tracking::Report,
 };
@@ -116,14 +116,9 @@ pub fn summary_of(model: &Model, ran: Duration, now_ns: u64, clock: &WallClock) 
             count: p.count,
         }),
         stuck_groups: model
-            .groups()
-            .into_iter()
-            .map(|g| schema::Group {
-                count: g.count,
-                pid: g.pid,
-                comm: g.comm,
-                created_at: g.site,
-            })
+            .groups(now_ns)
+            .iter()
+            .map(schema::Group::new)
             .collect(),
         still_stuck_sockets: still
             .iter()
@@ -152,6 +147,14 @@ impl<W: Write> Output for Json<W> {
 
     fn event(&mut self, e: &Enriched) -> io::Result<()> {
         let event = event_of(e, &self.clock);
+        self.line(&event)
+    }
+
+    fn group(&mut self, g: &Group, now_ns: u64) -> io::Result<()> {
+        let event = Event::Group(schema::GroupEvent {
+            ts: self.clock.rfc3339(now_ns),
+            group: schema::Group::new(g),
+        });
         self.line(&event)
     }
 

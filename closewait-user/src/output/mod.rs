@@ -17,7 +17,7 @@ use std::{
 };
 
 use crate::{
-    model::{Enriched, Model},
+    model::{Enriched, Group, Model},
     probe::Drops,
 };
 
@@ -37,6 +37,9 @@ pub trait Output {
     fn start(&mut self, info: &StartInfo, now_ns: u64) -> io::Result<()>;
     /// One report, in order.
     fn event(&mut self, e: &Enriched) -> io::Result<()>;
+    /// A group of stuck sockets appeared, grew past a power of two, or
+    /// changed cause.
+    fn group(&mut self, g: &Group, now_ns: u64) -> io::Result<()>;
     /// Events the kernel could not deliver since the last call.
     fn lost(&mut self, delta: &Drops, now_ns: u64) -> io::Result<()>;
     /// At the end of the run.

@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    enrich::{owner::Owner, stacks::Frame, Context},
+    enrich::{diagnosis::Diagnosis, evidence::Evidence, owner::Owner, stacks::Frame, Context},
+    model,
     tracking::{Bound, Socket},
 };
 
@@ -18,6 +19,7 @@ pub enum Event {
     Stuck(Stuck),
     Close(Close),
     Lost(Lost),
+    Group(GroupEvent),
     Summary(Summary),
 }
 
@@ -68,6 +70,9 @@ pub struct ContextFields {
     pub creation: Option<Creation>,
     pub stack: Option<Vec<Frame>>,
     pub stack_truncated: Option<bool>,
+    /// Why it is stuck: on `existing` and `stuck` (and the summary's list).
+    pub evidence: Option<Evidence>,
+    pub diagnosis: Option<Diagnosis>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -165,12 +170,48 @@ pub struct Percentiles {
     pub count: u64,
 }
 
+/// A group of stuck sockets: same owner, creation site and other side.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Group {
     pub count: usize,
+    pub growth_per_min: usize,
+    pub oldest_dwell_ms: f64,
+    pub median_idle_before_fin_ms: Option<u64>,
     pub pid: Option<u32>,
     pub comm: Option<String>,
     pub created_at: Option<String>,
+    /// `a.b.c.d:port` (outgoing: the remote side) or `listening port N`.
+    pub endpoint: String,
+    pub cause: Option<String>,
+    pub summary: Option<String>,
+    pub hint: Option<String>,
+    pub findings: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GroupEvent {
+    pub ts: String,
+    #[serde(flatten)]
+    pub group: Group,
+}
+
+impl Group {
+    pub fn new(g: &model::Group) -> Group {
+        Group {
+            count: g.count,
+            growth_per_min: g.growth_per_min,
+            oldest_dwell_ms: super::format::ms(g.oldest_dwell_ns),
+            median_idle_before_fin_ms: g.median_idle_before_fin_ms,
+            pid: g.key.pid,
+            comm: g.key.comm.clone(),
+            created_at: g.key.site.clone(),
+            endpoint: g.key.endpoint.clone(),
+            cause: g.cause.map(|c| c.name().to_string()),
+            summary: g.summary.clone(),
+            hint: g.hint.clone(),
+            findings: g.findings.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -230,6 +271,8 @@ impl ContextFields {
             }),
             stack: stack.map(|s| s.frames.clone()),
             stack_truncated: stack.map(|s| s.truncated),
+            evidence: ctx.evidence.clone(),
+            diagnosis: ctx.diagnosis.clone(),
         }
     }
 }

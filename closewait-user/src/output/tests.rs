@@ -17,8 +17,8 @@ use super::{
 use crate::{
     enrich::{stacks::Frame, Context},
     model::{
-        tests::{context, socket, stuck, S},
-        Enriched, Group, Model,
+        tests::{context, diagnosed, socket, stuck, S},
+        Enriched, Model,
     },
     probe::Drops,
     tracking::{Bound, Counts, Percentiles, Report, Totals},
@@ -54,6 +54,7 @@ fn enriched(report: Report, at_ns: u64, ctx: Option<Context>) -> Enriched {
         report,
         at_ns,
         ctx: ctx.map(Arc::new),
+        quiet: false,
     }
 }
 
@@ -252,10 +253,10 @@ fn hostile_text_is_escaped_once_in_text_and_kept_valid_in_json() {
 
 fn model_with_stuck() -> Model {
     let mut m = Model::default();
-    let api = Arc::new(context("api-server"));
-    m.apply(&stuck(1, 1, Some(api.clone())));
-    m.apply(&stuck(2, 2, Some(api)));
-    m.apply(&stuck(3, 3, Some(Arc::new(Context::default()))));
+    let api = Arc::new(diagnosed("api-server", 1));
+    m.apply(&mut stuck(1, 5432, Some(api.clone())));
+    m.apply(&mut stuck(2, 5432, Some(api)));
+    m.apply(&mut stuck(3, 3, Some(Arc::new(Context::default()))));
     m.set_counts(Counts {
         totals: Totals {
             entered: 10,
@@ -285,18 +286,18 @@ fn model_with_stuck() -> Model {
 #[test]
 fn summary_groups_stuck_sockets_by_owner_and_site() {
     let m = model_with_stuck();
-    let groups = m.groups();
+    let groups = m.groups(130 * S);
     assert_eq!(
         group_sentence(&groups[0]),
-        "2 stuck sockets, pid 4242 (api-server), created at pool::checkout (src/pool.rs:88)"
+        "2 stuck sockets, pid 4242 (api-server), to 10.0.0.2:5432, created at pool::checkout (src/pool.rs:88): idle_closed_by_peer"
     );
     assert_eq!(
         group_sentence(&groups[1]),
-        "1 stuck socket, owner unknown, creation site unknown"
+        "1 stuck socket, owner unknown, to 10.0.0.2:3, creation site unknown: cause not known yet"
     );
     let t = text(|o| o.summary(&m, Duration::from_secs(30), 130 * S).unwrap());
     assert!(
-        t.contains("Stuck sockets by owner and creation site:\n  2 stuck sockets, pid 4242"),
+        t.contains("Stuck sockets by owner, creation site and peer:\n  2 stuck sockets, pid 4242"),
         "{t}"
     );
     assert!(
@@ -381,6 +382,9 @@ fn every_event_kind_round_trips() {
         105 * S,
     )
     .unwrap();
+    for g in m.groups(106 * S) {
+        out.group(&g, 106 * S).unwrap();
+    }
     out.summary(&m, Duration::from_secs(1), 106 * S).unwrap();
     let text = String::from_utf8(out.into_inner()).unwrap();
     let mut kinds = Vec::new();
@@ -396,7 +400,7 @@ fn every_event_kind_round_trips() {
     kinds.dedup();
     assert_eq!(
         kinds,
-        ["start", "existing", "enter", "stuck", "close", "lost", "summary"]
+        ["start", "existing", "enter", "stuck", "close", "lost", "group", "summary"]
     );
     // A context-less event reads back without one.
     let line = text.lines().nth(2).unwrap();
@@ -411,15 +415,62 @@ fn every_event_kind_round_trips() {
 }
 
 #[test]
-fn groups_sentence_forms() {
-    let g = Group {
-        count: 1,
-        pid: Some(7),
-        comm: None,
-        site: None,
-    };
-    assert_eq!(
-        group_sentence(&g),
-        "1 stuck socket, pid 7, creation site unknown"
+fn groups_have_one_line_and_a_hint_and_quiet_sockets_print_nothing() {
+    let mut m = Model::default();
+    let ctx = Arc::new(diagnosed("pool", 1));
+    let mut out = Text::new(Vec::new(), clock());
+    for id in 1..=64 {
+        let mut e = stuck(id, 5432, Some(ctx.clone()));
+        let group = m.apply(&mut e);
+        out.event(&e).unwrap();
+        if let Some(g) = group {
+            out.group(&g, e.at_ns).unwrap();
+        }
+    }
+    let t = String::from_utf8(out.into_inner()).unwrap();
+    let stuck_lines = t.lines().filter(|l| l.contains(" STUCK ")).count();
+    let group_lines: Vec<&str> = t.lines().filter(|l| l.contains(" GROUP ")).collect();
+    assert_eq!(stuck_lines, crate::model::LINES_PER_GROUP);
+    assert_eq!(group_lines.len(), 7, "1, 2, 4 ... 64: {t}");
+    assert!(
+        group_lines[6].contains("64x  64 stuck sockets, pid 4242 (pool), to 10.0.0.2:5432"),
+        "{t}"
     );
+    assert!(
+        t.contains("why: a pooled connection the server closed after 1.0 s idle"),
+        "{t}"
+    );
+    assert!(
+        t.contains("hint: set the pool's idle timeout below ~1 s"),
+        "{t}"
+    );
+    // The summary lists 10 sockets, then says how many more.
+    let summary = text(|o| o.summary(&m, Duration::from_secs(1), 110 * S).unwrap());
+    assert!(summary.contains("  and 54 more in 1 group\n"), "{summary}");
+    assert!(summary.lines().count() < 30, "{summary}");
+}
+
+#[test]
+fn json_carries_evidence_diagnosis_and_group_events() {
+    let mut m = Model::default();
+    let mut e = stuck(1, 5432, Some(Arc::new(diagnosed("pool", 1))));
+    let group = m.apply(&mut e).expect("a new group");
+    let v = json(|o| {
+        o.event(&e).unwrap();
+        o.group(&group, e.at_ns).unwrap();
+    });
+    assert_eq!(v[0]["evidence"]["rqueue"], 1);
+    assert_eq!(v[0]["evidence"]["direction"], "outgoing");
+    assert_eq!(v[0]["evidence"]["idle_before_fin_ms"], 1001);
+    assert_eq!(v[0]["diagnosis"]["cause"], "idle_closed_by_peer");
+    assert!(v[0]["diagnosis"]["hint"]
+        .as_str()
+        .unwrap()
+        .contains("idle timeout"));
+    assert_eq!(v[1]["event"], "group");
+    assert_eq!(v[1]["count"], 1);
+    assert_eq!(v[1]["cause"], "idle_closed_by_peer");
+    assert_eq!(v[1]["endpoint"], "10.0.0.2:5432");
+    assert_eq!(v[1]["created_at"], "pool::checkout (src/pool.rs:88)");
+    assert_eq!(v[1]["median_idle_before_fin_ms"], 1001);
 }

@@ -2,6 +2,7 @@
 //! that comes from another process goes through [`sanitize::text`] here, once.
 
 use std::{
+    collections::HashMap,
     io::{self, Write},
     time::Duration,
 };
@@ -13,23 +14,33 @@ use super::{
     sanitize, Output, StartInfo,
 };
 use crate::{
+    enrich::diagnosis::Cause,
     enrich::{stacks, Context},
-    model::{Enriched, Group, Model},
+    model::{Enriched, Group, GroupKey, Model},
     probe::Drops,
     tracking::{Bound, Report, Socket},
 };
 
 /// Innermost application frames shown on a text line.
 const TEXT_FRAMES: usize = 3;
+/// Sockets the summary's still-stuck list shows (longest dwell first).
+const SUMMARY_SOCKETS: usize = 10;
 
 pub struct Text<W: Write> {
     out: W,
     clock: WallClock,
+    /// The cause last explained per group: the why/hint line is written
+    /// again only when it changes.
+    explained: HashMap<GroupKey, Option<Cause>>,
 }
 
 impl<W: Write> Text<W> {
     pub fn new(out: W, clock: WallClock) -> Text<W> {
-        Text { out, clock }
+        Text {
+            out,
+            clock,
+            explained: HashMap::new(),
+        }
     }
 
     #[cfg(test)]
@@ -56,6 +67,9 @@ impl<W: Write> Output for Text<W> {
     }
 
     fn event(&mut self, e: &Enriched) -> io::Result<()> {
+        if e.quiet {
+            return Ok(()); // its group's line speaks for it
+        }
         let (event, dwell, ts_ns) = match &e.report {
             Report::Existing { dwell_ns, .. } => ("EXISTING", Some(*dwell_ns), e.at_ns),
             Report::Enter { ts_ns, .. } => ("ENTER", None, *ts_ns),
@@ -90,6 +104,23 @@ impl<W: Write> Output for Text<W> {
         if let (Some(ctx), false) = (ctx, matches!(e.report, Report::Close { .. })) {
             if let Some(site) = creation_text(ctx) {
                 writeln!(self.out, "{:<33}{site}", "")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn group(&mut self, g: &Group, now_ns: u64) -> io::Result<()> {
+        writeln!(
+            self.out,
+            "{:<12} {:<8} {:>9}  {}",
+            self.clock.time_of_day(now_ns),
+            "GROUP",
+            format!("{}x", g.count),
+            group_sentence(g),
+        )?;
+        if self.explained.insert(g.key.clone(), g.cause) != Some(g.cause) {
+            if let Some(why) = why_text(g) {
+                writeln!(self.out, "{:<33}{why}", "")?;
             }
         }
         Ok(())
@@ -149,16 +180,19 @@ impl<W: Write> Output for Text<W> {
             )?,
             None => writeln!(o, "  {:<32} {:>10}", "dwell of closed sockets", "-")?,
         }
-        let groups = model.groups();
+        let groups = model.groups(now_ns);
         if !groups.is_empty() {
-            writeln!(o, "Stuck sockets by owner and creation site:")?;
+            writeln!(o, "Stuck sockets by owner, creation site and peer:")?;
             for g in &groups {
                 writeln!(o, "  {}", group_sentence(g))?;
+                if let Some(why) = why_text(g) {
+                    writeln!(o, "      {why}")?;
+                }
             }
         }
         if !still.is_empty() {
             writeln!(o, "Still stuck:")?;
-            for st in &still {
+            for st in still.iter().take(SUMMARY_SOCKETS) {
                 writeln!(
                     o,
                     "  {:>9}  {:<22} {:<22} {}{}",
@@ -167,6 +201,14 @@ impl<W: Write> Output for Text<W> {
                     endpoint(st.socket.raddr, st.socket.rport),
                     st.ctx.map(owner_text).unwrap_or_default(),
                     ids(st.socket)
+                )?;
+            }
+            if still.len() > SUMMARY_SOCKETS {
+                writeln!(
+                    o,
+                    "  and {} more in {}",
+                    still.len() - SUMMARY_SOCKETS,
+                    count_of(groups.len(), "group", "groups")
                 )?;
             }
         }
@@ -188,22 +230,43 @@ fn bounded(dwell_ns: u64, bound: Bound) -> String {
     format!("{prefix}{}", human_duration(dwell_ns))
 }
 
-/// "17 stuck sockets, pid 4242 (api-server), created at pool::checkout (src/pool.rs:88)"
+/// "17 stuck sockets, pid 4242 (api-server), to 10.0.0.2:5432, created at
+/// pool::checkout (src/pool.rs:88): idle_closed_by_peer"
 pub fn group_sentence(g: &Group) -> String {
-    let owner = match (g.pid, &g.comm) {
+    let k = &g.key;
+    let owner = match (k.pid, &k.comm) {
         (Some(pid), Some(comm)) => format!("pid {pid} ({})", sanitize::text(comm)),
         (Some(pid), None) => format!("pid {pid}"),
         _ => "owner unknown".to_string(),
     };
-    let site = match &g.site {
+    let site = match &k.site {
         Some(site) => format!("created at {}", sanitize::text(site)),
         None => "creation site unknown".to_string(),
     };
+    let peer = if k.endpoint.starts_with("listening") {
+        format!("on {}", k.endpoint)
+    } else {
+        format!("to {}", k.endpoint)
+    };
+    let cause = g.cause.map_or("cause not known yet", |c| c.name());
     format!(
-        "{} stuck {}, {owner}, {site}",
+        "{} stuck {}, {owner}, {peer}, {site}: {cause}",
         g.count,
         if g.count == 1 { "socket" } else { "sockets" }
     )
+}
+
+/// "why: <summary>; hint: <hint> [findings]"
+fn why_text(g: &Group) -> Option<String> {
+    let summary = g.summary.as_ref()?;
+    let mut text = format!("why: {summary}");
+    if let Some(hint) = &g.hint {
+        text.push_str(&format!("; hint: {hint}"));
+    }
+    for finding in &g.findings {
+        text.push_str(&format!("; {finding}"));
+    }
+    Some(text)
 }
 
 /// `pid=4242 comm=api-server fd=7 ` (escaped).
