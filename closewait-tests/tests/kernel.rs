@@ -1386,8 +1386,15 @@ fn five_thousand_stuck_sockets_fit_on_one_screen() {
     tracer.expect_line("the group at 4096", 60 * S, |l| l.contains(" 4096x "));
     std::thread::sleep(S); // past the threshold for the last ones: real dwell time
     let out = tracer.interrupt_text();
-    let lines: Vec<&str> = out.lines().collect();
-    assert!(lines.len() < 60, "{} lines:\n{out}", lines.len());
+    // LOST lines are not the tool's to bound (a slow guest kernel skips
+    // runs under this load): they say so and reconciliation repairs it.
+    let lines: Vec<&str> = out.lines().filter(|l| !l.contains(" LOST ")).collect();
+    assert!(lines.len() < 50, "{} lines:\n{out}", lines.len());
+    let why = out.lines().filter(|l| l.contains("why: ")).count();
+    assert_eq!(
+        why, 2,
+        "the why line once in the stream, once in the summary:\n{out}"
+    );
     assert!(out.contains("5000 stuck sockets, pid "), "{out}");
     assert!(out.contains("(flooder)"), "{out}");
     assert!(out.contains("and 4990 more in 1 group"), "{out}");
