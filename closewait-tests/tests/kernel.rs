@@ -1214,7 +1214,8 @@ fn pool_connection_the_server_closed_when_idle_is_idle_closed_by_peer() {
         &ns,
         None,
         "patterns",
-        &["idle-server", "127.0.0.1", "0", "1000"],
+        // On a well-known port, as the servers pools talk to are.
+        &["idle-server", "127.0.0.1", "5432", "1000"],
     );
     let port = port_of(&server.expect("listening"));
     let mut tracer = Tracer::start(&["--threshold", "500ms", "--port", &port.to_string()]);

@@ -54,6 +54,8 @@ pub struct Inputs<'a> {
     pub fds: Option<(u64, u64)>,
     /// Milliseconds since the peer's FIN, when the entry was seen live.
     pub since_fin_ms: Option<u64>,
+    /// The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`).
+    pub ephemeral: (u16, u16),
 }
 
 /// Put the evidence together. Pure: the caller reads the kernel and /proc.
@@ -64,12 +66,19 @@ pub fn gather(socket: &Socket, inp: &Inputs) -> Evidence {
             && socket.netns.is_none_or(|ns| ns == l.netns)
             && (l.laddr.is_unspecified() || l.laddr.to_canonical() == socket.laddr.to_canonical())
     });
+    // Without a creation record or a listener (servers that stopped
+    // listening, one-shot accepts), the ports tell: connect() picks the
+    // local port from the ephemeral range, a server's port is outside it.
+    let ephemeral = |p: u16| (inp.ephemeral.0..=inp.ephemeral.1).contains(&p);
     let direction = match inp.creation {
         Some("connect") => Some(Direction::Outgoing),
         Some("accept") => Some(Direction::Incoming),
         _ if listener.is_some() => Some(Direction::Incoming),
-        _ if s.is_some() => Some(Direction::Outgoing),
-        _ => None,
+        _ => match (ephemeral(socket.lport), ephemeral(socket.rport)) {
+            (true, false) => Some(Direction::Outgoing),
+            (false, true) => Some(Direction::Incoming),
+            _ => None,
+        },
     };
     // In the accept queue: the kernel lists the socket with no file yet.
     let accepted = s.map(|s| s.inode != 0 || inp.owner.is_some());
@@ -103,6 +112,18 @@ pub fn gather(socket: &Socket, inp: &Inputs) -> Evidence {
         bytes_received: s.and_then(|s| s.bytes_received),
         bytes_acked: s.and_then(|s| s.bytes_acked),
     }
+}
+
+/// The ephemeral port range of this host's namespace (Linux's default when
+/// unreadable). Namespaces may set their own; this one is a hint only.
+pub fn ephemeral_ports() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999))
 }
 
 /// The owner's descriptor use: (open, soft RLIMIT_NOFILE).
@@ -163,6 +184,7 @@ pub(crate) mod tests {
             owner: None,
             fds: Some((10, 1024)),
             since_fin_ms: None,
+            ephemeral: (32768, 60999),
         }
     }
 
@@ -176,7 +198,7 @@ pub(crate) mod tests {
         assert_eq!(
             e.direction,
             Some(Direction::Outgoing),
-            "no listener on 40000"
+            "no listener; 40000 is an ephemeral port, 8080 is not"
         );
         assert_eq!(e.accepted, Some(true));
         assert_eq!((e.fds_open, e.fds_limit), (Some(10), Some(1024)));
@@ -206,6 +228,20 @@ pub(crate) mod tests {
             ..l[0].clone()
         }];
         assert_eq!(gather(&socket(), &inputs(&s, &other)).backlog, None);
+    }
+
+    #[test]
+    fn without_record_or_listener_the_ports_say_the_direction() {
+        let s = scanned(0, 5);
+        let mut inp = inputs(&s, &[]);
+        let mut server_side = socket();
+        (server_side.lport, server_side.rport) = (8080, 40000);
+        assert_eq!(
+            gather(&server_side, &inp).direction,
+            Some(Direction::Incoming)
+        );
+        inp.ephemeral = (1024, 65535); // both ports look ephemeral: unknown
+        assert_eq!(gather(&server_side, &inp).direction, None);
     }
 
     #[test]

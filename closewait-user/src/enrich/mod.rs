@@ -135,6 +135,7 @@ impl Resolver {
             discovery::ScanResult::default()
         };
         let scan_took = closewait_host::clock::mono_ns().saturating_sub(scan_started);
+        let ephemeral = evidence::ephemeral_ports();
         let inodes = inodes_for(&batch, &scan.sockets);
         let wanted: HashSet<u64> = inodes.values().copied().collect();
         let filter = &self.owner_filter;
@@ -182,6 +183,7 @@ impl Resolver {
                                 *fds.entry(o.pid).or_insert_with(|| evidence::fd_use(o.pid))
                             }),
                             since_fin_ms: req.enter_ns.map(|e| now.saturating_sub(e) / 1_000_000),
+                            ephemeral,
                         },
                     )
                 });
