@@ -1207,18 +1207,28 @@ fn port_of(line: &std::collections::HashMap<String, String>) -> u16 {
     line["port"].parse().expect("a port")
 }
 
+/// A fresh namespace, a patterns.py server in it (`args`: mode, address,
+/// port...), and the tracer watching that server's port.
+fn pattern_server(
+    tag: &str,
+    args: &[&str],
+    threshold: &str,
+) -> (NetNs, support::Leaker, u16, Tracer) {
+    let ns = NetNs::new(tag);
+    let mut server = support::Leaker::spawn(&ns, None, "patterns", args);
+    let port = port_of(&server.expect("listening"));
+    let tracer = Tracer::start(&["--threshold", threshold, "--port", &port.to_string()]);
+    (ns, server, port, tracer)
+}
+
 #[test]
 fn pool_connection_the_server_closed_when_idle_is_idle_closed_by_peer() {
-    let ns = NetNs::new("diag-idle");
-    let mut server = support::Leaker::spawn(
-        &ns,
-        None,
-        "patterns",
-        // On a well-known port, as the servers pools talk to are.
+    // On a well-known port, as the servers pools talk to are.
+    let (ns, _server, port, mut tracer) = pattern_server(
+        "diag-idle",
         &["idle-server", "127.0.0.1", "5432", "1000"],
+        "500ms",
     );
-    let port = port_of(&server.expect("listening"));
-    let mut tracer = Tracer::start(&["--threshold", "500ms", "--port", &port.to_string()]);
     let mut pool = support::Leaker::spawn(
         &ns,
         None,
@@ -1256,15 +1266,8 @@ fn pool_connection_the_server_closed_when_idle_is_idle_closed_by_peer() {
 
 #[test]
 fn handler_that_read_eof_and_returned_is_eof_not_closed() {
-    let ns = NetNs::new("diag-eof");
-    let mut server = support::Leaker::spawn(
-        &ns,
-        None,
-        "patterns",
-        &["eof-holder", "127.0.0.1", "0", "1"],
-    );
-    let port = port_of(&server.expect("listening"));
-    let mut tracer = Tracer::start(&["--threshold", "300ms", "--port", &port.to_string()]);
+    let (ns, mut server, port, mut tracer) =
+        pattern_server("diag-eof", &["eof-holder", "127.0.0.1", "0", "1"], "300ms");
     drop(ns.connect(SocketAddr::from(([127, 0, 0, 1], port))));
     server.expect("ready");
     let stuck = stuck_on(&mut tracer, port);
@@ -1282,11 +1285,8 @@ fn handler_that_read_eof_and_returned_is_eof_not_closed() {
 
 #[test]
 fn server_that_never_reads_is_unread_data() {
-    let ns = NetNs::new("diag-unread");
-    let mut server =
-        support::Leaker::spawn(&ns, None, "patterns", &["unread-holder", "127.0.0.1", "0"]);
-    let port = port_of(&server.expect("listening"));
-    let mut tracer = Tracer::start(&["--threshold", "300ms", "--port", &port.to_string()]);
+    let (ns, mut server, port, mut tracer) =
+        pattern_server("diag-unread", &["unread-holder", "127.0.0.1", "0"], "300ms");
     {
         let mut client = ns.connect(SocketAddr::from(([127, 0, 0, 1], port)));
         std::io::Write::write_all(&mut client, &[b'x'; 300]).unwrap();
@@ -1305,11 +1305,8 @@ fn server_that_never_reads_is_unread_data() {
 
 #[test]
 fn listener_that_never_accepts_is_never_accepted() {
-    let ns = NetNs::new("diag-queue");
-    let mut server =
-        support::Leaker::spawn(&ns, None, "patterns", &["no-accept", "127.0.0.1", "0"]);
-    let port = port_of(&server.expect("listening"));
-    let mut tracer = Tracer::start(&["--threshold", "300ms", "--port", &port.to_string()]);
+    let (ns, _server, port, mut tracer) =
+        pattern_server("diag-queue", &["no-accept", "127.0.0.1", "0"], "300ms");
     drop(ns.connect(SocketAddr::from(([127, 0, 0, 1], port))));
     let stuck = stuck_on(&mut tracer, port);
     let e = &stuck["evidence"];
@@ -1328,15 +1325,11 @@ fn listener_that_never_accepts_is_never_accepted() {
 
 #[test]
 fn three_sockets_of_the_same_code_and_peer_are_one_group() {
-    let ns = NetNs::new("diag-group");
-    let mut server = support::Leaker::spawn(
-        &ns,
-        None,
-        "patterns",
+    let (ns, mut server, port, mut tracer) = pattern_server(
+        "diag-group",
         &["eof-holder", "127.0.0.1", "0", "3", "--name", "eof-keeper"],
+        "300ms",
     );
-    let port = port_of(&server.expect("listening"));
-    let mut tracer = Tracer::start(&["--threshold", "300ms", "--port", &port.to_string()]);
     for _ in 0..3 {
         drop(ns.connect(SocketAddr::from(([127, 0, 0, 1], port))));
     }
