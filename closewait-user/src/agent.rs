@@ -354,7 +354,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         events,
         mut kernel,
         creations,
-        features: _,
     } = probe;
     // The kernel may not record stacks at all (said at load).
     let stacks_mode = if creations.is_none() {

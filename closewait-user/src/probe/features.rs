@@ -63,10 +63,10 @@ impl Features {
         };
         let btf = Path::new(VMLINUX_BTF).exists();
         f.check(Feature::Btf, || btf);
-        // BTF tracepoints and the socket cookie in them are found by loading
-        // the program itself: aya's probe for tracing programs tries an
-        // fentry attach, which kernels refuse where tp_btf works (lockdown).
-        f.check(Feature::TpBtf, || true);
+        // BTF tracepoints and the socket cookie in them are not probed here
+        // but found by loading the program itself (Probe::load): aya's probe
+        // for tracing programs tries an fentry attach, which kernels refuse
+        // where tp_btf works (lockdown).
         f.check(Feature::Ringbuf, || {
             is_map_supported(MapType::RingBuf).unwrap_or(false)
         });
@@ -88,18 +88,12 @@ impl Features {
         !self.missing.contains(&feature) && !self.pretend.contains(&feature)
     }
 
-    /// Record a feature found missing later (at load or attach time).
-    pub fn lacks(&mut self, feature: Feature) {
-        if !self.missing.contains(&feature) {
-            self.missing.push(feature);
-        }
-    }
-
     /// Whether `feature` is pretended missing (it is then not tried).
     pub fn pretends(&self, feature: Feature) -> bool {
         self.pretend.contains(&feature)
     }
 
+    #[cfg(test)]
     pub fn missing(&self) -> &[Feature] {
         &self.missing
     }
@@ -129,9 +123,7 @@ mod tests {
         assert_eq!(f.missing(), [Feature::Stacks]);
         f.check(Feature::Ringbuf, || true);
         assert!(f.has(Feature::Ringbuf));
-        f.lacks(Feature::SocketCookie);
-        f.lacks(Feature::SocketCookie);
-        assert_eq!(f.missing(), [Feature::Stacks, Feature::SocketCookie]);
+        assert_eq!(f.missing(), [Feature::Stacks]);
     }
 
     #[test]

@@ -119,8 +119,6 @@ pub struct Probe {
     /// Creation records and stacks; `None` with `--no-stacks`, or when the
     /// kernel cannot record stacks.
     pub creations: Option<Creations>,
-    /// What the kernel was found to lack.
-    pub features: Features,
 }
 
 /// The kernel's creation records (who created a socket, from which code).
@@ -150,7 +148,7 @@ impl Probe {
         if OBJECT.is_empty() {
             bail!("this binary was built without its kernel program (AYA_BUILD_SKIP); rebuild with `cargo xtask build`");
         }
-        let mut features = Features::detect(&opts.without);
+        let features = Features::detect(&opts.without);
         if !features.has(Feature::Ringbuf) {
             bail!("{}", Feature::Ringbuf.missing_line());
         }
@@ -180,7 +178,7 @@ impl Probe {
                 AttachMode::Tracepoint
             }
         };
-        let mut probe = match mode {
+        let probe = match mode {
             AttachMode::TpBtf => match Self::load_btf(opts, AttachMode::TpBtf) {
                 Ok(probe) => probe,
                 Err(err) if opts.attach.is_none() => {
@@ -190,7 +188,6 @@ impl Probe {
                     } else {
                         Feature::TpBtf
                     };
-                    features.lacks(missing);
                     eprintln!(
                         "closewait-trace: {} (the BTF tracepoint program failed: {err})",
                         missing.missing_line()
@@ -202,7 +199,6 @@ impl Probe {
             AttachMode::Tracepoint => Self::load_tracepoint(opts)?,
             AttachMode::Empty => Self::load_btf(opts, AttachMode::Empty)?,
         };
-        probe.features = features;
         Ok(probe)
     }
 
@@ -289,7 +285,6 @@ impl Probe {
         };
         Ok(Probe {
             creations,
-            features: Features::default(),
             mode,
             events,
             kernel: Kernel {
