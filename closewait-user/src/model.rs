@@ -112,6 +112,9 @@ pub struct Group {
     pub summary: Option<String>,
     pub hint: Option<String>,
     pub findings: Vec<String>,
+    /// Announced because it appeared or its cause changed (not only grew):
+    /// the why and the hint are news.
+    pub new_cause: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -230,10 +233,14 @@ impl Model {
         r.quiet = e.quiet;
         let cause = g.cause();
         let grew = g.members.is_power_of_two() && g.members > g.announced_count;
-        if g.announced_count == 0 || grew || cause != g.announced_cause {
+        let new_cause = g.announced_count == 0 || cause != g.announced_cause;
+        if new_cause || grew {
             g.announced_count = g.members;
             g.announced_cause = cause;
-            return Some(self.group(&key, e.at_ns));
+            return Some(Group {
+                new_cause,
+                ..self.group(&key, e.at_ns)
+            });
         }
         None
     }
@@ -289,6 +296,7 @@ impl Model {
             summary: sample.map(|d| d.summary.clone()),
             hint: sample.map(|d| d.hint.clone()),
             findings: sample.map(|d| d.findings.clone()).unwrap_or_default(),
+            new_cause: false,
         }
     }
 
@@ -515,6 +523,7 @@ pub(crate) mod tests {
         for id in 1..=100 {
             let mut e = stuck(id, 5432, Some(ctx.clone()));
             if let Some(g) = m.apply(&mut e) {
+                assert_eq!(g.new_cause, g.count == 1, "the cause is news once");
                 announced.push(g.count);
             }
             quiet += usize::from(e.quiet);

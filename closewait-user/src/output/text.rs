@@ -2,7 +2,6 @@
 //! that comes from another process goes through [`sanitize::text`] here, once.
 
 use std::{
-    collections::HashMap,
     io::{self, Write},
     time::Duration,
 };
@@ -14,9 +13,8 @@ use super::{
     sanitize, Output, StartInfo,
 };
 use crate::{
-    enrich::diagnosis::Cause,
     enrich::{stacks, Context},
-    model::{Enriched, Group, GroupKey, Model},
+    model::{Enriched, Group, Model},
     probe::Drops,
     tracking::{Bound, Report, Socket},
 };
@@ -29,18 +27,11 @@ const SUMMARY_SOCKETS: usize = 10;
 pub struct Text<W: Write> {
     out: W,
     clock: WallClock,
-    /// The cause last explained per group: the why/hint line is written
-    /// again only when it changes.
-    explained: HashMap<GroupKey, Option<Cause>>,
 }
 
 impl<W: Write> Text<W> {
     pub fn new(out: W, clock: WallClock) -> Text<W> {
-        Text {
-            out,
-            clock,
-            explained: HashMap::new(),
-        }
+        Text { out, clock }
     }
 
     #[cfg(test)]
@@ -118,10 +109,9 @@ impl<W: Write> Output for Text<W> {
             format!("{}x", g.count),
             group_sentence(g),
         )?;
-        if self.explained.insert(g.key.clone(), g.cause) != Some(g.cause) {
-            if let Some(why) = why_text(g) {
-                writeln!(self.out, "{:<33}{why}", "")?;
-            }
+        // The why and the hint when they are news, not at every doubling.
+        if let (true, Some(why)) = (g.new_cause, why_text(g)) {
+            writeln!(self.out, "{:<33}{why}", "")?;
         }
         Ok(())
     }
