@@ -1300,6 +1300,10 @@ fn server_that_never_reads_is_unread_data() {
     let d = &stuck["diagnosis"];
     assert_eq!(d["cause"], "unread_data", "{stuck}");
     assert!(d["summary"].as_str().unwrap().contains("300 bytes"), "{d}");
+    assert!(
+        d["hint"].as_str().unwrap().contains("stopped reading"),
+        "{d}"
+    );
     tracer.interrupt();
 }
 
@@ -1320,6 +1324,7 @@ fn listener_that_never_accepts_is_never_accepted() {
         d["summary"].as_str().unwrap().contains("accept queue 1/16"),
         "{d}"
     );
+    assert!(d["hint"].as_str().unwrap().contains("accept loop"), "{d}");
     tracer.interrupt();
 }
 
