@@ -35,6 +35,10 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 /// How long to wait for owner and stack lookups still running: at exit, and
 /// at start-up for the owner filter's verdicts on the sockets found then.
 const CONTEXT_PATIENCE: Duration = Duration::from_secs(2);
+/// At exit, how long lookups still running may take before the user is
+/// told, and the most the agent waits for them in all.
+const EXIT_NOTICE: Duration = Duration::from_millis(300);
+const EXIT_PATIENCE: Duration = Duration::from_secs(30);
 /// How often the kernel's drop counters are read and the model's counts
 /// refreshed.
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
@@ -513,13 +517,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // Final drain and drop count, then detach before printing.
     agent.drain(rb.get_mut())?;
     agent.poll_stuck()?;
-    // Give owner and stack lookups in flight a moment, then print the rest.
-    let patience = tokio::time::sleep(CONTEXT_PATIENCE);
-    tokio::pin!(patience);
+    // Let the lookups in flight finish while they make progress (thousands
+    // of sockets flagged at once take a while on a slow machine), then
+    // print the rest. A second signal cuts it short.
+    let mut told = false;
+    let cap = tokio::time::sleep(EXIT_PATIENCE);
+    tokio::pin!(cap);
     while !agent.requested.is_empty() {
+        let idle = tokio::time::sleep(if told { CONTEXT_PATIENCE } else { EXIT_NOTICE });
         tokio::select! {
             Some(response) = ctx_rx.recv() => agent.on_context(response)?,
-            _ = &mut patience => break,
+            _ = idle => {
+                if told {
+                    break;
+                }
+                told = true;
+                eprintln!(
+                    "closewait-trace: finishing the lookups of {} stuck sockets before exit (interrupt again to skip)",
+                    agent.requested.len()
+                );
+            }
+            _ = &mut cap => break,
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = sighup.recv() => break,
         }
     }
     agent.flush_all()?;

@@ -3,7 +3,7 @@
 //! outputs only read it and never reach into the tracker.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     sync::Arc,
 };
 
@@ -68,6 +68,10 @@ pub struct GroupKey {
     /// Innermost application frame of the creation stack (raw text).
     pub site: Option<String>,
     pub endpoint: String,
+    /// The members' context was looked up (not, when the agent exited
+    /// before the lookup finished): an unknown owner then means no process
+    /// holds them, not that nobody asked.
+    pub looked_up: bool,
 }
 
 impl GroupKey {
@@ -93,6 +97,7 @@ impl GroupKey {
             comm: owner.map(|o| o.comm.clone()),
             site,
             endpoint,
+            looked_up: ctx.is_some(),
         }
     }
 }
@@ -119,7 +124,8 @@ pub struct Group {
 
 #[derive(Clone, Debug, Default)]
 struct GroupState {
-    members: usize,
+    /// Its sockets' ids.
+    members: HashSet<u64>,
     causes: BTreeMap<Cause, usize>,
     /// When members joined, within the last minute.
     joined: VecDeque<u64>,
@@ -198,7 +204,7 @@ impl Model {
                 if let Some(r) = self.reported.remove(&e.id) {
                     e.quiet = r.quiet;
                     if let Some(key) = r.group {
-                        self.leave(&key, r.ctx.as_deref());
+                        self.leave(e.id, &key, r.ctx.as_deref());
                     }
                 }
                 None
@@ -218,7 +224,7 @@ impl Model {
         r.group = Some(key.clone());
         let cause = cause_of(r.ctx.as_deref());
         let g = self.groups.entry(key.clone()).or_default();
-        g.members += 1;
+        g.members.insert(e.id);
         if let Some(c) = cause {
             *g.causes.entry(c).or_default() += 1;
         }
@@ -232,10 +238,11 @@ impl Model {
         }
         r.quiet = e.quiet;
         let cause = g.cause();
-        let grew = g.members.is_power_of_two() && g.members > g.announced_count;
+        let count = g.members.len();
+        let grew = count.is_power_of_two() && count > g.announced_count;
         let new_cause = g.announced_count == 0 || cause != g.announced_cause;
         if new_cause || grew {
-            g.announced_count = g.members;
+            g.announced_count = count;
             g.announced_cause = cause;
             return Some(Group {
                 new_cause,
@@ -245,28 +252,31 @@ impl Model {
         None
     }
 
-    fn leave(&mut self, key: &GroupKey, ctx: Option<&Context>) {
+    fn leave(&mut self, id: u64, key: &GroupKey, ctx: Option<&Context>) {
         let Some(g) = self.groups.get_mut(key) else {
             return;
         };
-        g.members = g.members.saturating_sub(1);
+        if !g.members.remove(&id) {
+            return;
+        }
         if let Some(c) = cause_of(ctx) {
             if let Some(n) = g.causes.get_mut(&c) {
                 *n = n.saturating_sub(1);
             }
         }
-        if g.members == 0 {
+        if g.members.is_empty() {
             self.groups.remove(key);
         }
     }
 
     /// A group as of `now_ns`, from its members.
     fn group(&self, key: &GroupKey, now_ns: u64) -> Group {
-        let state = self.groups.get(key).cloned().unwrap_or_default();
-        let members: Vec<&Reported> = self
-            .reported
-            .values()
-            .filter(|r| r.stuck && r.group.as_ref() == Some(key))
+        let empty = GroupState::default();
+        let state = self.groups.get(key).unwrap_or(&empty);
+        let members: Vec<&Reported> = state
+            .members
+            .iter()
+            .filter_map(|id| self.reported.get(id))
             .collect();
         let cause = state.cause();
         let sample = members
@@ -280,7 +290,7 @@ impl Model {
         idle.sort_unstable();
         Group {
             key: key.clone(),
-            count: state.members,
+            count: state.members.len(),
             growth_per_min: state
                 .joined
                 .iter()

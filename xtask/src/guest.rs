@@ -20,11 +20,6 @@ use crate::{build, cmd};
 const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The whole guest run, boot included.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(40 * 60);
-/// Tests left out in the guest. The 5,000-socket flood, under emulation,
-/// once left its last ~800 sockets with no context at all (no owner, no
-/// evidence), which is a defect under investigation, not a slow guest: it
-/// runs on the host kernel only until it is understood.
-const GUEST_SKIP: &[&str] = &["five_thousand_stuck_sockets_fit_on_one_screen"];
 /// How much slower than the host the guest is, for the tests' waits.
 const SLOWDOWN_TCG: &str = "4";
 const SLOWDOWN_KVM: &str = "1.5";
@@ -78,16 +73,11 @@ pub fn run_tests(
         &script,
         format!(
             "set -e\ncd {root}\nexport CLOSEWAIT_TRACE_BIN={agent} CLOSEWAIT_TEST_SLOWDOWN={slowdown} PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH\n\
-             echo \"guest kernel: $(uname -r)\"\nexec {exe} --test-threads=1 {skip} {filters}\n",
+             echo \"guest kernel: $(uname -r)\"\nexec {exe} --test-threads=1 {filters}\n",
             root = shell_quote(&cmd::workspace_root().display().to_string()),
             agent = shell_quote(&agent.display().to_string()),
             slowdown = if kvm { SLOWDOWN_KVM } else { SLOWDOWN_TCG },
             exe = shell_quote(&test_exe.display().to_string()),
-            skip = GUEST_SKIP
-                .iter()
-                .map(|t| format!("--skip {t}"))
-                .collect::<Vec<_>>()
-                .join(" "),
             filters = filters.join(" "),
         ),
     )?;

@@ -227,6 +227,7 @@ pub fn group_sentence(g: &Group) -> String {
     let owner = match (k.pid, &k.comm) {
         (Some(pid), Some(comm)) => format!("pid {pid} ({})", sanitize::text(comm)),
         (Some(pid), None) => format!("pid {pid}"),
+        _ if !k.looked_up => "owner not looked up before exit".to_string(),
         _ => "owner unknown".to_string(),
     };
     let site = match &k.site {
