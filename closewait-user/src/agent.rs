@@ -59,6 +59,9 @@ struct Agent {
     /// `--all`: entries and closes are shown, so gated sockets keep the
     /// context their verdict was based on.
     all: bool,
+    /// Gather evidence and a diagnosis for reported sockets (not with the
+    /// hidden `--no-evidence`).
+    evidence: bool,
     out: Box<dyn Output>,
     model: Model,
     /// Records the agent could not decode (a version mismatch; never expected).
@@ -178,7 +181,7 @@ impl Agent {
                         } => Some(at_ns.saturating_sub(*dwell_ns)),
                         _ => None,
                     };
-                    self.request(id, report.socket().clone(), enter_ns, true);
+                    self.request(id, report.socket().clone(), enter_ns, self.evidence);
                 }
                 Some(id)
             }
@@ -390,6 +393,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         cookies: mode.has_cookies(),
         all: cli.all,
+        evidence: !cli.no_evidence,
         out: output::for_cli(cli.json, stdout, clock),
         model: Model::default(),
         decode_errors: 0,

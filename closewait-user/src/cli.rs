@@ -86,6 +86,11 @@ pub struct Cli {
     /// syscall-tracepoints.
     #[arg(long, value_enum, value_name = "FEATURE", hide = true)]
     pub without: Vec<Feature>,
+
+    /// Look up owners and stacks only, no evidence or diagnosis (the
+    /// benchmark's baseline for what evidence costs).
+    #[arg(long, hide = true)]
+    pub no_evidence: bool,
 }
 
 /// When creation stacks are recorded.

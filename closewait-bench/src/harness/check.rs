@@ -94,11 +94,21 @@ fn check_startup(startup: &Result<Startup>, plan: &Plan) -> Result<()> {
         startup.parked
     );
     ensure!(!startup.runs.is_empty(), "no start line");
-    for &(_, existing) in &startup.runs {
+    for run in &startup.runs {
+        let existing = run.existing;
         ensure!(
             existing >= wanted,
             "start line: existing {existing} < {wanted}"
         );
+        let diagnosed = run.diagnosed;
+        if run.evidence {
+            ensure!(
+                diagnosed == existing,
+                "{diagnosed} of {existing} existing reports had a diagnosis"
+            );
+        } else {
+            ensure!(diagnosed == 0, "--no-evidence diagnosed {diagnosed}");
+        }
     }
     Ok(())
 }

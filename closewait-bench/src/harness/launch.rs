@@ -77,6 +77,7 @@ impl Bench {
             lines,
             start,
             ready_after: spawned.elapsed(),
+            spawned,
             proc,
         })
     }
@@ -156,6 +157,7 @@ pub(super) struct Tracer {
     start: Option<Value>,
     /// From spawn until attached.
     pub(super) ready_after: Duration,
+    spawned: Instant,
     pub(super) proc: Proc,
 }
 
@@ -166,6 +168,20 @@ impl Tracer {
 
     pub(super) fn start_field(&self, key: &str) -> Result<f64> {
         number(self.start.as_ref().context("no start line")?, key)
+    }
+
+    /// The next `n` lines of kind `wanted`, and the time from spawn to the
+    /// last of them.
+    pub(super) fn take(
+        &self,
+        wanted: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<(Vec<Value>, Duration)> {
+        let lines = self.lines.as_ref().context("a peer prints no lines")?;
+        let values = lines.take(wanted, n, timeout);
+        let values = values.map_err(|err| self.proc.failed(err))?;
+        Ok((values, self.spawned.elapsed()))
     }
 
     /// Stops it with SIGINT; the JSON lines it printed after its start line.

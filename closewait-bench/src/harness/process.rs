@@ -161,6 +161,33 @@ impl Lines {
         }
     }
 
+    /// The next `n` lines of kind `wanted`; lines of other kinds are dropped.
+    pub(super) fn take(&self, wanted: &str, n: usize, timeout: Duration) -> Result<Vec<Value>> {
+        let deadline = Instant::now() + timeout;
+        let mut values = Vec::with_capacity(n);
+        while values.len() < n {
+            check_interrupted()?;
+            match self.rx.recv_timeout(POLL) {
+                Ok(value) if kind(&value) == wanted => values.push(value),
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    bail!(
+                        "{} of {n} `{wanted}` lines within {timeout:?}",
+                        values.len()
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    bail!(
+                        "output ended after {} of {n} `{wanted}` lines",
+                        values.len()
+                    )
+                }
+            }
+        }
+        Ok(values)
+    }
+
     /// The remaining lines, once the child has exited: up to the end of its output.
     pub(super) fn rest(self) -> Result<Vec<Value>> {
         let deadline = Instant::now() + STOP_TIMEOUT;

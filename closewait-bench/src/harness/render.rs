@@ -10,7 +10,7 @@ use super::{
     budget::render_budget,
     measure::{Dwell, ProgStats},
     plan::{Config, CPU_TEST_RATE, DWELL_PORT, HOLD, LOAD_CPU, RSS_DRAIN, TRACER_CPU},
-    run::{Bench, Results, Round, Rss, Sample, Startup},
+    run::{Bench, Results, Round, Rss, Sample, StartRun, Startup},
     stats::{
         cpu_per_10k, cpu_percent, ns_per_run, percentile, ratios, samples, summary_number,
         total_runs, Spread,
@@ -309,19 +309,40 @@ fn render_dwell(out: &mut String, dwell: &Dwell) {
 }
 
 fn render_startup(out: &mut String, startup: &Startup) {
-    let times = Spread::of(startup.runs.iter().map(|r| r.0));
-    let times = times.map_or("—".into(), |s| s.show(|x| format!("{:.0} ms", x * 1e3)));
-    let existing: Vec<String> = startup.runs.iter().map(|r| r.1.to_string()).collect();
+    let ms = |x: f64| format!("{:.0} ms", x * 1e3);
     let _ = writeln!(
         out,
-        "closewait-trace spawned (pinned) with sockets parked in CLOSE_WAIT, timed to its \
-         start line ({} runs).\n\n\
-         | parked | start.existing | spawn → start line: median (min–max) |\n\
-         | --- | --- | --- |\n| {} | {} | {times} |",
-        startup.runs.len(),
+        "closewait-trace spawned (pinned) with {} sockets parked in CLOSE_WAIT, timed to its \
+         start line and to its last `existing` report; with evidence and diagnosis (the \
+         default) and without (`--no-evidence`, the baseline), alternating, {} runs each.\n\n\
+         | evidence | start.existing | diagnosed | spawn → start line | spawn → last existing |\n\
+         | --- | --- | --- | --- | --- |",
         startup.parked,
-        existing.join(", ")
+        startup.runs.len() / 2,
     );
+    for evidence in [true, false] {
+        let runs: Vec<&StartRun> = startup
+            .runs
+            .iter()
+            .filter(|r| r.evidence == evidence)
+            .collect();
+        let spread = |f: fn(&StartRun) -> f64| {
+            Spread::of(runs.iter().map(|r| f(r))).map_or("—".into(), |s| s.show(ms))
+        };
+        let list = |f: fn(&StartRun) -> u64| {
+            let all: Vec<String> = runs.iter().map(|r| f(r).to_string()).collect();
+            all.join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            if evidence { "yes" } else { "no" },
+            list(|r| r.existing),
+            list(|r| r.diagnosed),
+            spread(|r| r.start_s),
+            spread(|r| r.reported_s),
+        );
+    }
 }
 
 fn render_rss(out: &mut String, rss: &Rss) {

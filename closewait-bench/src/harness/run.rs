@@ -16,6 +16,9 @@ use super::{
     process::{check_interrupted, number, pause, read_json_lines, summary_of},
 };
 
+/// What the start-up step reads of closewait-trace's output.
+const STARTUP_KEEP: &[&str] = &["start", "existing", "summary"];
+
 /// One run: its sizes, the binaries it starts, where its files go, and the peers it found.
 pub(super) struct Bench {
     pub(super) plan: Plan,
@@ -52,8 +55,22 @@ pub(super) struct Round {
 
 pub(super) struct Startup {
     pub(super) parked: u64,
-    /// Spawn to start line, in seconds, and the start line's `existing`.
-    pub(super) runs: Vec<(f64, u64)>,
+    pub(super) runs: Vec<StartRun>,
+}
+
+/// One start of closewait-trace with sockets parked in CLOSE_WAIT.
+pub(super) struct StartRun {
+    /// Evidence and diagnosis gathered (the default), or not (the hidden
+    /// `--no-evidence`: the baseline).
+    pub(super) evidence: bool,
+    /// Spawn to the start line, in seconds.
+    pub(super) start_s: f64,
+    /// The start line's `existing`.
+    pub(super) existing: u64,
+    /// Spawn to the last `existing` report, in seconds.
+    pub(super) reported_s: f64,
+    /// `existing` reports that carried a diagnosis.
+    pub(super) diagnosed: u64,
 }
 
 pub(super) struct Rss {
@@ -215,19 +232,36 @@ impl Bench {
         Ok(match_dwell(&truth, &events))
     }
 
-    /// Step 5: time from spawning closewait-trace to its start line, with sockets already
-    /// parked in CLOSE_WAIT.
+    /// Step 5: time from spawning closewait-trace to its start line and to its last
+    /// `existing` report, with sockets already parked in CLOSE_WAIT; with evidence and
+    /// without (the baseline), alternating.
     fn startup(&mut self) -> Result<Startup> {
         let count = self.plan.startup_park;
         eprintln!("==> start-up with {count} sockets in CLOSE_WAIT");
         let mut park = self.spawn_park(count, STARTUP_PORT)?;
         let parked = park.wait_ready()?;
         let mut runs = Vec::new();
-        for _ in 0..self.plan.rounds {
-            let tracer = self.start_tracer(Config::Closewait, &[], START_SUMMARY)?;
-            let existing = tracer.start_field("existing")?;
-            runs.push((tracer.ready_after.as_secs_f64(), existing as u64));
-            tracer.stop()?;
+        for round in 0..self.plan.rounds {
+            for i in 0..2 {
+                let evidence = (round + i) % 2 == 0;
+                let extra: &[&str] = if evidence { &[] } else { &["--no-evidence"] };
+                let tracer = self.start_tracer(Config::Closewait, extra, STARTUP_KEEP)?;
+                let existing = tracer.start_field("existing")? as u64;
+                let n = usize::try_from(existing)?;
+                let (reports, reported_after) = tracer.take("existing", n, PARK_TIMEOUT)?;
+                let diagnosed = reports
+                    .iter()
+                    .filter(|r| r.get("diagnosis").is_some_and(|d| !d.is_null()))
+                    .count();
+                runs.push(StartRun {
+                    evidence,
+                    start_s: tracer.ready_after.as_secs_f64(),
+                    existing,
+                    reported_s: reported_after.as_secs_f64(),
+                    diagnosed: diagnosed as u64,
+                });
+                tracer.stop()?;
+            }
         }
         park.release()?;
         Ok(Startup { parked, runs })
