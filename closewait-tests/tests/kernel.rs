@@ -1308,6 +1308,35 @@ fn server_that_never_reads_is_unread_data() {
 }
 
 #[test]
+fn stopped_owner_is_a_finding() {
+    // Past the time the test needs to stop the server after it accepted.
+    let threshold = format!("{}ms", support::slowed(S).as_millis());
+    let (ns, mut server, port, mut tracer) = pattern_server(
+        "diag-stopped",
+        &["unread-holder", "127.0.0.1", "0"],
+        &threshold,
+    );
+    {
+        let mut client = ns.connect(SocketAddr::from(([127, 0, 0, 1], port)));
+        std::io::Write::write_all(&mut client, b"GET /").unwrap();
+    }
+    let pid: i32 = server.expect("ready")["pid"].parse().unwrap();
+    // SAFETY: signals the test's own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let stuck = stuck_on(&mut tracer, port);
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let threads = &stuck["evidence"]["threads"];
+    assert!(threads["total"].as_u64().unwrap() >= 1, "{stuck}");
+    assert_eq!(threads["stopped"], threads["total"], "{stuck}");
+    let d = &stuck["diagnosis"];
+    assert_eq!(d["cause"], "unread_data", "{stuck}");
+    let findings = d["findings"].to_string();
+    assert!(findings.contains("owner is stopped"), "{d}");
+    tracer.interrupt();
+}
+
+#[test]
 fn listener_that_never_accepts_is_never_accepted() {
     let (ns, _server, port, mut tracer) =
         pattern_server("diag-queue", &["no-accept", "127.0.0.1", "0"], "300ms");

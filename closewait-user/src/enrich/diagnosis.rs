@@ -127,6 +127,19 @@ fn findings(e: &Evidence) -> Vec<String> {
             ));
         }
     }
+    if let Some(t) = e.threads {
+        if t.total > 0 && t.stopped == t.total {
+            out.push(format!(
+                "owner is stopped: all {} of its threads in state T (a signal or a debugger)",
+                t.total
+            ));
+        } else if t.blocked > 0 && 2 * t.blocked >= t.total {
+            out.push(format!(
+                "{} of the owner's {} threads in uninterruptible sleep (D): blocked on I/O",
+                t.blocked, t.total
+            ));
+        }
+    }
     out
 }
 
@@ -197,6 +210,28 @@ mod tests {
         let d = diagnose(&Evidence::default());
         assert_eq!(d.cause, Cause::Unknown);
         assert!(!d.hint.is_empty());
+    }
+
+    #[test]
+    fn a_stopped_or_blocked_owner_is_a_finding() {
+        use crate::enrich::evidence::Threads;
+        let mut e = evidence(1);
+        e.threads = Some(Threads::of("SSS".chars()));
+        assert!(diagnose(&e).findings.is_empty(), "sleeping is normal");
+        e.threads = Some(Threads::of("TTt".chars()));
+        assert_eq!(
+            diagnose(&e).findings,
+            ["owner is stopped: all 3 of its threads in state T (a signal or a debugger)"]
+        );
+        e.threads = Some(Threads::of("TTS".chars()));
+        assert!(diagnose(&e).findings.is_empty(), "one thread still runs");
+        e.threads = Some(Threads::of("DDSR".chars()));
+        assert_eq!(
+            diagnose(&e).findings,
+            ["2 of the owner's 4 threads in uninterruptible sleep (D): blocked on I/O"]
+        );
+        e.threads = Some(Threads::of("DSSR".chars()));
+        assert!(diagnose(&e).findings.is_empty(), "one in four is not news");
     }
 
     #[test]

@@ -39,7 +39,47 @@ pub struct Evidence {
     pub fds_limit: Option<u64>,
     pub bytes_received: Option<u64>,
     pub bytes_acked: Option<u64>,
+    /// The owner's threads by scheduler state, where cheap to read.
+    pub threads: Option<Threads>,
 }
+
+/// A process's threads by state (`/proc/PID/task/*/stat`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Threads {
+    pub total: u32,
+    /// R: running or runnable.
+    pub running: u32,
+    /// S: waiting (in poll, read, a lock): the usual state of a server.
+    pub sleeping: u32,
+    /// D: uninterruptible sleep, usually blocked on disk or NFS I/O.
+    pub blocked: u32,
+    /// T or t: stopped by a signal or a debugger.
+    pub stopped: u32,
+    /// Zombies, idle kernel threads and states the agent does not name.
+    pub other: u32,
+}
+
+impl Threads {
+    /// Count the states given by `/proc/PID/task/*/stat`'s third field.
+    pub fn of(states: impl IntoIterator<Item = char>) -> Threads {
+        let mut t = Threads::default();
+        for state in states {
+            t.total += 1;
+            match state {
+                'R' => t.running += 1,
+                'S' => t.sleeping += 1,
+                'D' => t.blocked += 1,
+                'T' | 't' => t.stopped += 1,
+                _ => t.other += 1,
+            }
+        }
+        t
+    }
+}
+
+/// Past this many threads a process's states are not read: one file per
+/// thread is not cheap any more.
+pub const THREADS_READ_MAX: usize = 512;
 
 /// What [`gather`] needs beyond the socket.
 pub struct Inputs<'a> {
@@ -52,6 +92,7 @@ pub struct Inputs<'a> {
     /// The primary owner, and its descriptor use (open, limit).
     pub owner: Option<&'a Owner>,
     pub fds: Option<(u64, u64)>,
+    pub threads: Option<Threads>,
     /// Milliseconds since the peer's FIN, when the entry was seen live.
     pub since_fin_ms: Option<u64>,
     /// The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`).
@@ -111,6 +152,7 @@ pub fn gather(socket: &Socket, inp: &Inputs) -> Evidence {
         fds_limit: inp.fds.map(|f| f.1),
         bytes_received: s.and_then(|s| s.bytes_received),
         bytes_acked: s.and_then(|s| s.bytes_acked),
+        threads: inp.threads,
     }
 }
 
@@ -135,6 +177,18 @@ pub fn fd_use(pid: u32) -> Option<(u64, u64)> {
         procfs::process::LimitValue::Unlimited => u64::MAX,
     };
     Some((open, limit))
+}
+
+/// The owner's threads by state; `None` when it has more than
+/// [`THREADS_READ_MAX`] or is gone. Threads that exit meanwhile are skipped.
+pub fn thread_states(pid: u32) -> Option<Threads> {
+    let process = procfs::process::Process::new(pid as i32).ok()?;
+    let tasks: Vec<_> = process.tasks().ok()?.flatten().collect();
+    if tasks.is_empty() || tasks.len() > THREADS_READ_MAX {
+        return None;
+    }
+    let states = tasks.iter().filter_map(|t| t.stat().ok()).map(|s| s.state);
+    Some(Threads::of(states))
 }
 
 #[cfg(test)]
@@ -183,9 +237,26 @@ pub(crate) mod tests {
             creation: None,
             owner: None,
             fds: Some((10, 1024)),
+            threads: None,
             since_fin_ms: None,
             ephemeral: (32768, 60999),
         }
+    }
+
+    #[test]
+    fn thread_states_are_counted_by_letter() {
+        let t = Threads::of("RSSDTtZI".chars());
+        let want = Threads {
+            total: 8,
+            running: 1,
+            sleeping: 2,
+            blocked: 1,
+            stopped: 2,
+            other: 2,
+        };
+        assert_eq!(t, want);
+        let ours = thread_states(std::process::id()).expect("this process");
+        assert!(ours.total >= 1 && ours.running >= 1, "{ours:?}");
     }
 
     #[test]

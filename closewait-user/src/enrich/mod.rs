@@ -145,6 +145,7 @@ impl Resolver {
         let mut described: HashMap<(u32, u32), Option<Owner>> = HashMap::new();
         // Per owner, once a batch: counting a big process's fds is not free.
         let mut fds: HashMap<u32, Option<(u64, u64)>> = HashMap::new();
+        let mut threads: HashMap<u32, Option<evidence::Threads>> = HashMap::new();
         batch
             .into_iter()
             .map(|req| {
@@ -181,6 +182,11 @@ impl Resolver {
                             owner: owners.first(),
                             fds: owners.first().and_then(|o| {
                                 *fds.entry(o.pid).or_insert_with(|| evidence::fd_use(o.pid))
+                            }),
+                            threads: owners.first().and_then(|o| {
+                                *threads
+                                    .entry(o.pid)
+                                    .or_insert_with(|| evidence::thread_states(o.pid))
                             }),
                             since_fin_ms: req.enter_ns.map(|e| now.saturating_sub(e) / 1_000_000),
                             ephemeral,
