@@ -276,6 +276,10 @@ pub struct Config {
     pub stacks: u32,
     /// Offset of `ret` in the `syscalls/sys_exit_accept*` tracepoint record.
     pub accept_ret: u32,
+    /// Offset of `sp` in `struct pt_regs` (from BTF): where the user stack
+    /// pointer is in the task's saved user registers. `NO_OFFSET`: the
+    /// words at the user stack pointer are not read.
+    pub regs_sp: u32,
 }
 
 impl Config {
@@ -285,6 +289,7 @@ impl Config {
         wakeup_bytes: 0,
         stacks: 0,
         accept_ret: NO_OFFSET,
+        regs_sp: NO_OFFSET,
     };
 
     /// Whether an event with these ports passes the port filter.
@@ -325,7 +330,16 @@ pub struct Creation {
     pub tgid: u32,
     /// [`CreationKind`] as u32.
     pub kind: u32,
+    /// The words at the user stack pointer when the syscall was made (zero
+    /// where unreadable). A syscall wrapper that sets up no frame (glibc's
+    /// connect(), accept()) leaves the return address into its caller among
+    /// them, which a frame-pointer walk skips; the agent finds it.
+    pub stack_words: [u64; STACK_WORDS],
 }
+
+/// Words read at the user stack pointer: glibc's wrappers keep the return
+/// address within the first four (`sub $0x18,%rsp` on their threaded path).
+pub const STACK_WORDS: usize = 8;
 
 /// The key of an accept() creation record.
 pub const fn accept_key(tgid: u32, fd: u32) -> u64 {

@@ -14,8 +14,9 @@ use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     cty::c_void,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_kernel_buf,
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_socket_cookie,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+        bpf_probe_read_user_buf, bpf_task_pt_regs,
     },
     macros::{btf_tracepoint, map, tracepoint},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf, StackTrace},
@@ -25,7 +26,7 @@ use closewait_common::{
     accept_key, counter,
     tcp_state::{CLOSE, CLOSE_WAIT, SYN_SENT},
     Config, Creation, CreationKind, SockOffsets, StateEvent, TpOffsets, AF_INET, AF_INET6,
-    COMMON_WINDOW, IPPROTO_TCP, NO_OFFSET,
+    COMMON_WINDOW, IPPROTO_TCP, NO_OFFSET, STACK_WORDS,
 };
 
 /// Events to the agent. The loader sets the real size (`--ring-buffer-size`).
@@ -250,7 +251,32 @@ fn creation<C: StackIdContext>(ctx: &C, kind: CreationKind) -> Creation {
         user_stack_id,
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
         kind: kind as u32,
+        stack_words: stack_words(),
     }
+}
+
+/// The words at the user stack pointer, from the task's saved user
+/// registers (we run inside the syscall). Zeros where unreadable.
+#[inline(always)]
+fn stack_words() -> [u64; STACK_WORDS] {
+    let mut words = [0u64; STACK_WORDS];
+    let regs_sp = config().regs_sp;
+    if regs_sp == NO_OFFSET {
+        return words;
+    }
+    // SAFETY: helpers; the pt_regs pointer is only read through
+    // bpf_probe_read_kernel, the user stack through bpf_probe_read_user.
+    unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
+        let Ok(sp) = read::<u64>(regs, regs_sp) else {
+            return words;
+        };
+        let bytes = &mut *(words.as_mut_ptr() as *mut [u8; 8 * STACK_WORDS]);
+        if bpf_probe_read_user_buf(sp as *const u8, bytes).is_err() {
+            words = [0; STACK_WORDS];
+        }
+    }
+    words
 }
 
 /// The benchmark floor: the same hook, no work. Loaded only by

@@ -633,6 +633,88 @@ fn outgoing_leak(which: &str, addr: IpAddr) -> serde_json::Value {
     stuck
 }
 
+/// A leak from closewait-tests/tests/leakers/direct.c (`which`: "direct"
+/// or "direct-nofp"), whose leaking function calls connect() or accept()
+/// itself; `extra`: "--thread" to leak from a second thread. The stuck
+/// report's stack symbols.
+fn direct_leak(which: &str, mode: &str, extra: &[&str]) -> Vec<String> {
+    let ns = NetNs::new("stk-direct");
+    let tracer_on = |port: u16| {
+        let port = port.to_string();
+        Tracer::start(&["--threshold", "300ms", "--stacks", "on", "--port", &port])
+    };
+    let (mut leaker, mut tracer) = if mode == "connect" {
+        let listener = ns.listen(localhost4());
+        let port = listener.local_addr().unwrap().port();
+        let tracer = tracer_on(port);
+        let port = port.to_string();
+        let args = [&["connect", "127.0.0.1", &port], extra].concat();
+        let leaker = support::Leaker::spawn(&ns, None, which, &args);
+        drop(listener.accept().unwrap());
+        (leaker, tracer)
+    } else {
+        let args = [&["accept", "127.0.0.1", "0"], extra].concat();
+        let mut leaker = support::Leaker::spawn(&ns, None, which, &args);
+        let port = port_of(&leaker.expect("listening"));
+        let tracer = tracer_on(port);
+        drop(ns.connect(SocketAddr::from(([127, 0, 0, 1], port))));
+        (leaker, tracer)
+    };
+    let ready = leaker.expect("ready");
+    let stuck = tracer.expect("stuck", 5 * S, |v| v["event"] == "stuck");
+    assert_eq!(stuck["pid"].to_string(), ready["pid"], "{stuck}");
+    let syms = symbols(&stuck);
+    tracer.interrupt();
+    syms
+}
+
+fn has(syms: &[String], name: &str) -> bool {
+    syms.iter().any(|s| s == name)
+}
+
+#[test]
+fn the_function_that_called_connect_is_in_the_stack() {
+    let syms = direct_leak("direct", "connect", &[]);
+    assert!(has(&syms, "open_pool_connection"), "{syms:?}");
+    assert!(has(&syms, "main"), "{syms:?}");
+}
+
+#[test]
+fn the_function_that_called_accept_is_in_the_stack() {
+    let syms = direct_leak("direct", "accept", &[]);
+    assert!(has(&syms, "handle_client"), "{syms:?}");
+    assert!(has(&syms, "main"), "{syms:?}");
+}
+
+#[test]
+fn the_caller_is_found_in_a_second_thread_too() {
+    // glibc's wrappers take their threaded path there: the return address
+    // sits three words above the stack pointer.
+    for mode in ["connect", "accept"] {
+        let syms = direct_leak("direct", mode, &["--thread"]);
+        let leaker = if mode == "connect" {
+            "open_pool_connection"
+        } else {
+            "handle_client"
+        };
+        assert!(has(&syms, leaker), "{mode}: {syms:?}");
+        assert!(has(&syms, "start_thread"), "{mode}: {syms:?}");
+    }
+}
+
+#[test]
+fn the_caller_is_found_without_frame_pointers() {
+    for mode in ["connect", "accept"] {
+        let syms = direct_leak("direct-nofp", mode, &[]);
+        let leaker = if mode == "connect" {
+            "open_pool_connection"
+        } else {
+            "handle_client"
+        };
+        assert!(has(&syms, leaker), "{mode}: {syms:?}");
+    }
+}
+
 // The Rust leakers: with frame pointers the stack reaches the known
 // function and the entry point; without them the walk stops early and says so.
 

@@ -58,11 +58,12 @@
  * (bpftrace ustack, Debian 12, kernel 6.18):
  *     connect, leak_outgoing_connection, main, __libc_start_call_main
  *     accept, leak_accepted_connection, main, __libc_start_call_main
- * call_connect/call_accept are missing (they show up only with a libc built
- * with frame pointers), and the walk ends in __libc_start_call_main, glibc
- * having no frame pointers. Without the helpers, leak_outgoing_connection /
- * leak_accepted_connection themselves would be the skipped frames. Tests should look for leak_outgoing_connection /
- * leak_accepted_connection and must not require call_connect / call_accept.
+ * call_connect/call_accept are missing from such a walk. closewait-trace
+ * puts the skipped caller back (it finds the return address among the words
+ * at the user stack pointer: closewait-user/src/enrich/caller.rs), so its
+ * stacks have them; direct.c is the case without a helper, where the
+ * skipped caller is the leaking function itself. Tests here look for
+ * leak_outgoing_connection / leak_accepted_connection.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>

@@ -412,8 +412,9 @@ pub fn unmount_tracefs() -> bool {
 }
 
 /// Build a leaker test program once per test run; returns its path.
-/// `which`: "c" (cc, frame pointers), "rs" (rustc, frame pointers) or
-/// "rs-nofp" (rustc, no frame pointers).
+/// `which`: "c" (cc, frame pointers), "direct" (cc, frame pointers) and
+/// "direct-nofp" (cc -O2, none): tests/leakers/direct.c, "rs" (rustc, frame
+/// pointers) or "rs-nofp" (rustc, no frame pointers).
 pub fn leaker(which: &str) -> std::path::PathBuf {
     use std::sync::OnceLock;
     static BUILT: Mutex<Vec<(String, std::path::PathBuf)>> = Mutex::new(Vec::new());
@@ -425,10 +426,10 @@ pub fn leaker(which: &str) -> std::path::PathBuf {
     let dir = DIR.get_or_init(|| std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/leakers");
     let out = dir.join(format!("leaker-{which}"));
-    let source = src.join(if which == "c" {
-        "leaker.c"
-    } else {
-        "leaker.rs"
+    let source = src.join(match which {
+        "c" => "leaker.c",
+        "direct" | "direct-nofp" => "direct.c",
+        _ => "leaker.rs",
     });
     // Built by an earlier run from the same source (the guest kernel's run
     // reuses the host run's builds: compiling under emulation is slow).
@@ -442,6 +443,17 @@ pub fn leaker(which: &str) -> std::path::PathBuf {
             .args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
             .arg(&out)
             .arg(src.join("leaker.c"))
+            .status(),
+        // Leaking functions that call connect()/accept() directly.
+        "direct" => Command::new("cc")
+            .args(["-O0", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
+            .arg(&out)
+            .arg(&source)
+            .status(),
+        "direct-nofp" => Command::new("cc")
+            .args(["-O2", "-g", "-fomit-frame-pointer", "-pthread", "-o"])
+            .arg(&out)
+            .arg(&source)
             .status(),
         "rs" | "rs-nofp" => Command::new("rustc")
             .args(["--edition", "2021", "-O", "-g", "-C"])

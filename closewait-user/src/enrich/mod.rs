@@ -3,6 +3,7 @@
 //! scanning namespaces and symbolizing can take milliseconds on a big host,
 //! and the event stream must never wait for it.
 
+pub mod caller;
 pub mod diagnosis;
 pub mod evidence;
 pub mod owner;
@@ -88,6 +89,7 @@ pub fn spawn(
                 creations,
                 owner_filter,
                 symbolizer: Symbolizer::new(),
+                callers: caller::Callers::default(),
             };
             // Take whatever has queued up, resolve it as one batch (one /proc
             // walk), answer, repeat.
@@ -122,10 +124,12 @@ struct Resolver {
     creations: Option<Creations>,
     owner_filter: OwnerFilter,
     symbolizer: Symbolizer,
+    callers: caller::Callers,
 }
 
 impl Resolver {
     fn resolve(&mut self, batch: Vec<Request>) -> Vec<Response> {
+        self.callers.forget();
         // One sock_diag scan of the namespaces involved serves the inode
         // lookups and the evidence of the whole batch.
         let scan_started = closewait_host::clock::mono_ns();
@@ -239,6 +243,7 @@ impl Resolver {
                     .find(|o| o.pid == record.tgid)
                     .or(owners.first())
                     .map_or(record.tgid, |o| o.pid);
+                let ips = self.callers.with_caller(pid, &ips, &record.stack_words);
                 self.symbolizer.symbolize(pid, &ips)
             });
         Some(CreationContext {

@@ -25,14 +25,17 @@ pub enum OffsetError {
     Window,
 }
 
-/// Look up every offset in the BTF file at `path` (normally
-/// /sys/kernel/btf/vmlinux).
-pub fn sock_offsets(path: &Path) -> Result<SockOffsets, OffsetError> {
-    let btf = Btf::from_file(path).map_err(|source| OffsetError::Read {
+/// The BTF file at `path` (normally /sys/kernel/btf/vmlinux).
+pub fn open(path: &Path) -> Result<Btf, OffsetError> {
+    Btf::from_file(path).map_err(|source| OffsetError::Read {
         path: path.display().to_string(),
         source,
-    })?;
-    let sock = |field: &str| field_offset(&btf, "sock", field);
+    })
+}
+
+/// Look up every `struct sock` offset the program reads.
+pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, OffsetError> {
+    let sock = |field: &str| field_offset(btf, "sock", field);
     let offsets = SockOffsets {
         common_base: 0, // set by fit_window
         sk_protocol: sock("sk_protocol")?,
@@ -45,12 +48,19 @@ pub fn sock_offsets(path: &Path) -> Result<SockOffsets, OffsetError> {
         skc_v6_rcv_saddr: sock("__sk_common.skc_v6_rcv_saddr").unwrap_or(NO_OFFSET),
         skc_v6_daddr: sock("__sk_common.skc_v6_daddr").unwrap_or(NO_OFFSET),
         skc_net: sock("__sk_common.skc_net.net").unwrap_or(NO_OFFSET),
-        net_inum: field_offset(&btf, "net", "ns.inum").unwrap_or(NO_OFFSET),
+        net_inum: field_offset(btf, "net", "ns.inum").unwrap_or(NO_OFFSET),
         // For owner lookup by inode; without them owners are found by a scan.
         sk_socket: sock("sk_socket").unwrap_or(NO_OFFSET),
-        socket_ino: socket_ino(&btf).unwrap_or(NO_OFFSET),
+        socket_ino: socket_ino(btf).unwrap_or(NO_OFFSET),
     };
     fit_window(offsets)
+}
+
+/// Offset of `sp` in `struct pt_regs`; `None` when the BTF does not say
+/// (another architecture's naming): callers a frame-pointer walk skips are
+/// then not recovered.
+pub fn regs_sp_offset(btf: &Btf) -> Option<u32> {
+    field_offset(btf, "pt_regs", "sp").ok()
 }
 
 /// Place the one-read window over the `sock_common` fields: the required
@@ -201,7 +211,8 @@ mod tests {
             eprintln!("no {}: skipped", path.display());
             return;
         }
-        let off = sock_offsets(path).expect("offsets resolve on this kernel");
+        let btf = open(path).expect("BTF parses");
+        let off = sock_offsets(&btf).expect("offsets resolve on this kernel");
         // struct sock_common is the first member of struct sock.
         assert!(off.skc_family < 64, "skc_family at {}", off.skc_family);
         assert_eq!(off.skc_dport + 2, off.skc_num, "skc_dport then skc_num");
@@ -213,5 +224,8 @@ mod tests {
         assert_ne!(off.skc_v6_daddr, NO_OFFSET, "IPv6 fits the window");
         assert!(off.skc_v6_daddr + 16 - off.common_base <= COMMON_WINDOW as u32);
         assert!(off.socket_ino > 0 && off.socket_ino != NO_OFFSET);
+        // x86_64's pt_regs: r15 ... orig_ax, ip, cs, flags, sp, ss.
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(regs_sp_offset(&btf), Some(19 * 8));
     }
 }

@@ -203,14 +203,17 @@ impl Probe {
     }
 
     fn load_btf(opts: &LoadOptions, mode: AttachMode) -> anyhow::Result<Probe> {
-        let offsets = kernel_btf::sock_offsets(Path::new(VMLINUX_BTF))?;
+        let vmlinux = kernel_btf::open(Path::new(VMLINUX_BTF))?;
+        let offsets = kernel_btf::sock_offsets(&vmlinux)?;
         let stacks = opts.stacks && mode == AttachMode::TpBtf;
         let accept_ret = if stacks {
             accept_ret_offset(opts)
         } else {
             None
         };
-        let mut ebpf = loader(opts, accept_ret)
+        // The user stack pointer, for the caller a frame-pointer walk skips.
+        let regs_sp = kernel_btf::regs_sp_offset(&vmlinux);
+        let mut ebpf = loader(opts, accept_ret, regs_sp)
             .override_global("SOCK_OFFSETS", &offsets, true)
             .load(OBJECT)
             .context("loading the kernel object")?;
@@ -237,7 +240,7 @@ impl Probe {
         } else {
             None
         };
-        let mut ebpf = loader(opts, accept_ret)
+        let mut ebpf = loader(opts, accept_ret, None)
             .override_global("TP_OFFSETS", &offsets, true)
             .load(OBJECT)
             .context("loading the kernel object")?;
@@ -331,7 +334,11 @@ fn say(feature: Feature) {
 }
 
 /// The loader with the settings both attach modes share.
-fn loader(opts: &LoadOptions, accept_ret: Option<u32>) -> EbpfLoader<'static> {
+fn loader(
+    opts: &LoadOptions,
+    accept_ret: Option<u32>,
+    regs_sp: Option<u32>,
+) -> EbpfLoader<'static> {
     let mut config = Config::DEFAULT;
     if opts.ports.len() <= MAX_KERNEL_PORTS {
         config.ports[..opts.ports.len()].copy_from_slice(&opts.ports);
@@ -342,6 +349,7 @@ fn loader(opts: &LoadOptions, accept_ret: Option<u32>) -> EbpfLoader<'static> {
     if opts.stacks && opts.attach != Some(AttachMode::Empty) {
         config.stacks = 1;
         config.accept_ret = accept_ret.unwrap_or(NO_OFFSET);
+        config.regs_sp = regs_sp.unwrap_or(NO_OFFSET);
     }
     let mut loader = EbpfLoader::new();
     // EbpfLoader borrows the value for its own lifetime; leak the few bytes
