@@ -715,6 +715,14 @@ fn the_caller_is_found_without_frame_pointers() {
     }
 }
 
+#[test]
+fn jit_code_named_in_a_perf_map_is_in_the_stack() {
+    let syms = direct_leak("direct", "connect", &["--jit"]);
+    assert!(has(&syms, "jit_open_pool_connection"), "{syms:?}");
+    assert!(has(&syms, "open_pool_connection_jit"), "{syms:?}");
+    assert!(has(&syms, "main"), "{syms:?}");
+}
+
 // The Rust leakers: with frame pointers the stack reaches the known
 // function and the entry point; without them the walk stops early and says so.
 

@@ -10,7 +10,7 @@
  * -fomit-frame-pointer), debug info kept in both.
  *
  * Usage:
- *     direct connect IP PORT [--thread]
+ *     direct connect IP PORT [--thread] [--jit]
  *     direct accept  IP PORT [--thread]
  *
  *   connect: open_pool_connection() connects to IP:PORT; the program waits
@@ -20,6 +20,10 @@
  *            one connection, reads until the client closes, never closes.
  *   --thread the leaking function runs in a second thread (pthread), the
  *            main thread waits for it.
+ *   --jit    connect() is called from machine code generated at run time
+ *            into anonymous executable memory, named in /tmp/perf-PID.map
+ *            as `jit_open_pool_connection` the way JIT runtimes (JVM, Node,
+ *            Python -X perf) publish theirs; the file is removed at exit.
  *
  * Output: "ready pid=<pid> fd=<fd>" once the socket is in CLOSE_WAIT. The
  * program then sleeps until its standard input reaches end of file.
@@ -32,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -89,6 +94,55 @@ NOINLINE int handle_client(void)
     return fd;
 }
 
+/* --jit: `sub $8,%rsp; movabs $connect,%rax; call *%rax; add $8,%rsp;
+ * ret`, a function of (fd, addr, len) that calls connect() with no frame of
+ * its own, like JIT-compiled code. */
+static int (*jit_connect)(int, const struct sockaddr *, socklen_t);
+static char perf_map[64];
+
+static void remove_perf_map(void)
+{
+    unlink(perf_map);
+}
+
+static void make_jit(void)
+{
+    unsigned char code[] = {
+        0x48, 0x83, 0xec, 0x08,                         /* sub $8,%rsp */
+        0x48, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0,             /* movabs $connect,%rax */
+        0xff, 0xd0,                                     /* call *%rax */
+        0x48, 0x83, 0xc4, 0x08,                         /* add $8,%rsp */
+        0xc3,                                           /* ret */
+    };
+    void *target = (void *)connect;
+    memcpy(code + 6, &target, sizeof(target));
+    void *page = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (page == MAP_FAILED)
+        die("mmap");
+    memcpy(page, code, sizeof(code));
+    if (mprotect(page, 4096, PROT_READ | PROT_EXEC) != 0)
+        die("mprotect");
+    jit_connect = (int (*)(int, const struct sockaddr *, socklen_t))page;
+    snprintf(perf_map, sizeof(perf_map), "/tmp/perf-%d.map", getpid());
+    FILE *f = fopen(perf_map, "w");
+    if (!f)
+        die("perf map");
+    fprintf(f, "%lx %zx jit_open_pool_connection\n", (unsigned long)page, sizeof(code));
+    fclose(f);
+    atexit(remove_perf_map);
+}
+
+NOINLINE int open_pool_connection_jit(void)
+{
+    int fd = socket(addr.ss_family, SOCK_STREAM, IPPROTO_TCP);
+    if (fd < 0)
+        die("socket");
+    if (jit_connect(fd, (struct sockaddr *)&addr, addr_len) != 0)
+        die("connect");
+    return fd;
+}
+
 static void wait_for_peer_close(int fd)
 {
     char buf[256];
@@ -100,29 +154,37 @@ static void wait_for_peer_close(int fd)
 
 static void *leak(void *mode)
 {
-    leaked_fd = strcmp(mode, "accept") == 0 ? handle_client()
-                                            : open_pool_connection();
+    if (strcmp(mode, "accept") == 0)
+        leaked_fd = handle_client();
+    else if (jit_connect)
+        leaked_fd = open_pool_connection_jit();
+    else
+        leaked_fd = open_pool_connection();
     wait_for_peer_close(leaked_fd);
     return NULL;
 }
 
 int main(int argc, char **argv)
 {
-    int thread = 0;
+    int thread = 0, jit = 0;
     char *pos[3];
     int npos = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--thread") == 0)
             thread = 1;
+        else if (strcmp(argv[i], "--jit") == 0)
+            jit = 1;
         else if (npos < 3)
             pos[npos++] = argv[i];
     }
     if (npos != 3 || (strcmp(pos[0], "connect") && strcmp(pos[0], "accept"))) {
-        fprintf(stderr, "usage: direct connect|accept IP PORT [--thread]\n");
+        fprintf(stderr, "usage: direct connect|accept IP PORT [--thread] [--jit]\n");
         return 2;
     }
     setvbuf(stdout, NULL, _IONBF, 0);
     parse(pos[1], pos[2]);
+    if (jit)
+        make_jit();
     if (strcmp(pos[0], "accept") == 0) {
         int one = 1;
         listen_fd = socket(addr.ss_family, SOCK_STREAM, IPPROTO_TCP);

@@ -8,8 +8,8 @@
 //! a few words above the stack pointer; the kernel program copies those
 //! words with the creation record. Here each word is checked in the
 //! creator's address space (an address in an executable mapping, right after
-//! a call instruction) and the first that passes, when the walk does not
-//! have it already, becomes the second frame.
+//! a call instruction); those that pass, up to the walk's own next frame,
+//! go in after the first frame.
 
 use std::{collections::HashMap, fs::File, os::unix::fs::FileExt};
 
@@ -39,19 +39,25 @@ impl Callers {
     }
 }
 
-/// The pure part: the first word that `is_return` accepts goes after the
-/// first frame, unless the walk already has it.
+/// The pure part: the words that `is_return` accepts, in stack order, go
+/// after the first frame, up to the walk's own next frame (code with no
+/// frame of its own calling the wrapper, JIT code for one, can hide more
+/// than one caller).
 pub fn restore(ips: &[u64], words: &[u64], is_return: impl Fn(u64) -> bool) -> Vec<u64> {
     let mut out = ips.to_vec();
     if ips.is_empty() {
         return out;
     }
-    let found = words.iter().copied().find(|&w| w != 0 && is_return(w));
-    if let Some(caller) = found {
-        if !ips.contains(&caller) {
-            out.insert(1, caller);
+    let mut found: Vec<u64> = Vec::new();
+    for &w in words {
+        if Some(&w) == ips.get(1) {
+            break;
+        }
+        if w != 0 && !ips.contains(&w) && !found.contains(&w) && is_return(w) {
+            found.push(w);
         }
     }
+    out.splice(1..1, found);
     out
 }
 
@@ -176,10 +182,10 @@ mod tests {
     }
 
     #[test]
-    fn the_first_return_address_goes_second() {
+    fn return_addresses_go_after_the_first_frame() {
         let is_return = |w: u64| w >= 0x1000;
         // glibc's threaded path: three words of locals, then the return.
-        let words = [0x7, 0x20, 0x0, 0x5555, 0x6666];
+        let words = [0x7, 0x20, 0x0, 0x5555, 0x30, 0x9999, 0x6666];
         assert_eq!(
             restore(&[0x100, 0x9999], &words, is_return),
             [0x100, 0x5555, 0x9999]
@@ -188,6 +194,13 @@ mod tests {
         assert_eq!(
             restore(&[0x100, 0x5555, 0x9999], &words, is_return),
             [0x100, 0x5555, 0x9999]
+        );
+        // Two frameless callers (JIT code calling the wrapper): both, in
+        // order, up to where the walk goes on.
+        let words = [0x5555, 0x8, 0x7777, 0x9999, 0x4444];
+        assert_eq!(
+            restore(&[0x100, 0x9999, 0xaaaa], &words, is_return),
+            [0x100, 0x5555, 0x7777, 0x9999, 0xaaaa]
         );
         // Nothing readable, or nothing that passes: the walk as it was.
         assert_eq!(restore(&[0x100], &[0; 8], is_return), [0x100]);

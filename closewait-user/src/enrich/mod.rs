@@ -7,6 +7,7 @@ pub mod caller;
 pub mod diagnosis;
 pub mod evidence;
 pub mod owner;
+pub mod perf_map;
 pub mod stacks;
 
 use std::{

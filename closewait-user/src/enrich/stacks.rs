@@ -40,6 +40,8 @@ use blazesym::symbolize::source::{Process, Source};
 use blazesym::symbolize::{CodeInfo, Input, Sym, Symbolized, Symbolizer as BlazeSymbolizer};
 use blazesym::ErrorKind;
 
+use super::perf_map::PerfMap;
+
 /// One frame of a symbolized stack.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Frame {
@@ -278,12 +280,21 @@ impl Symbolizer {
         };
 
         // Only addresses in executable mappings of files (or the vDSO) go to
-        // blazesym; anything else cannot be code we can name.
+        // blazesym; executable anonymous memory is JIT code, named by the
+        // runtime's perf map if it has one; anything else cannot be code we
+        // can name.
         let mut batch: Vec<u64> = Vec::new();
         let mut batch_modules: Vec<Option<String>> = Vec::new();
         let mut used_map_files: Vec<PathBuf> = Vec::new();
+        let mut perf_map: Option<PerfMap> = None;
         for &lookup in lookups {
             match find_mapping(&maps, lookup) {
+                Some(m) if m.executable && m.is_anonymous() => {
+                    let jit = perf_map.get_or_insert_with(|| PerfMap::of(pid).unwrap_or_default());
+                    let mut info = FrameInfo::unknown(None);
+                    info.symbol = jit.lookup(lookup).map(str::to_string);
+                    out.insert(lookup, Rc::from([info]));
+                }
                 Some(m) if m.executable && (m.is_file() || m.path == "[vdso]") => {
                     batch.push(lookup);
                     batch_modules.push(m.module());
@@ -333,7 +344,7 @@ impl Symbolizer {
             process.debug_syms = true;
             // Perf maps (/tmp/perf-PID.map, for JIT compilers) are files that
             // the traced process controls: a FIFO there would block this
-            // (root) tool in open(). JIT frames stay unnamed.
+            // (root) tool in open(). perf_map.rs reads them with care.
             process.perf_map = false;
             process.map_files = map_files;
             process.vdso = true;
@@ -674,6 +685,11 @@ struct Mapping {
 impl Mapping {
     fn is_file(&self) -> bool {
         self.path.starts_with('/')
+    }
+
+    /// Memory with no file behind it (`[anon:NAME]` when named by prctl).
+    fn is_anonymous(&self) -> bool {
+        self.path.is_empty() || self.path.starts_with("[anon:")
     }
 
     fn module(&self) -> Option<String> {
