@@ -203,16 +203,19 @@ impl Probe {
     }
 
     fn load_btf(opts: &LoadOptions, mode: AttachMode) -> anyhow::Result<Probe> {
+        // Parsed kernel BTF is big (tens of MiB): drop it before aya parses
+        // its own copy.
         let vmlinux = kernel_btf::open(Path::new(VMLINUX_BTF))?;
         let offsets = kernel_btf::sock_offsets(&vmlinux)?;
+        // The user stack pointer, for the caller a frame-pointer walk skips.
+        let regs_sp = kernel_btf::regs_sp_offset(&vmlinux);
+        drop(vmlinux);
         let stacks = opts.stacks && mode == AttachMode::TpBtf;
         let accept_ret = if stacks {
             accept_ret_offset(opts)
         } else {
             None
         };
-        // The user stack pointer, for the caller a frame-pointer walk skips.
-        let regs_sp = kernel_btf::regs_sp_offset(&vmlinux);
         let mut ebpf = loader(opts, accept_ret, regs_sp)
             .override_global("SOCK_OFFSETS", &offsets, true)
             .load(OBJECT)
