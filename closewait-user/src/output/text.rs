@@ -22,7 +22,7 @@ use crate::{
 /// Innermost application frames shown on a text line.
 const TEXT_FRAMES: usize = 3;
 /// Sockets the summary's still-stuck list shows (longest dwell first).
-const SUMMARY_SOCKETS: usize = 10;
+const SUMMARY_SOCKETS: usize = 5;
 
 pub struct Text<W: Write> {
     out: W,
