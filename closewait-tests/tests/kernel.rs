@@ -639,9 +639,12 @@ fn outgoing_leak(which: &str, addr: IpAddr) -> serde_json::Value {
 /// report's stack symbols.
 fn direct_leak(which: &str, mode: &str, extra: &[&str]) -> Vec<String> {
     let ns = NetNs::new("stk-direct");
+    // The default mode: the first socket leaked after start has its stack.
     let tracer_on = |port: u16| {
         let port = port.to_string();
-        Tracer::start(&["--threshold", "300ms", "--stacks", "on", "--port", &port])
+        let tracer = Tracer::start(&["--threshold", "300ms", "--port", &port]);
+        assert_eq!(tracer.seen()[0]["stacks"], "on");
+        tracer
     };
     let (mut leaker, mut tracer) = if mode == "connect" {
         let listener = ns.listen(localhost4());
@@ -743,12 +746,19 @@ fn rust_program_without_frame_pointers_is_marked_truncated() {
     assert_eq!(stuck["stack_truncated"], true, "{stuck}");
 }
 
-/// The default: no stack walks until something is stuck; then the next
+/// `--stacks auto`: no stack walks until something is stuck; then the next
 /// socket the same code leaks has its creation stack.
 #[test]
 fn auto_stacks_arm_at_the_first_stuck_socket() {
     let ns = NetNs::new("own-auto");
-    let mut tracer = Tracer::start(&["--threshold", "300ms", "--port", "18086"]);
+    let mut tracer = Tracer::start(&[
+        "--threshold",
+        "300ms",
+        "--stacks",
+        "auto",
+        "--port",
+        "18086",
+    ]);
     let start = tracer.seen()[0].clone();
     assert_eq!(start["stacks"], "auto");
     let leak = |tracer: &mut Tracer, what: &str| {
@@ -1515,5 +1525,5 @@ fn five_thousand_stuck_sockets_fit_on_one_screen() {
     );
     assert!(out.contains("5000 stuck sockets, pid "), "{out}");
     assert!(out.contains("(flooder)"), "{out}");
-    assert!(out.contains("and 4990 more in 1 group"), "{out}");
+    assert!(out.contains("and 4995 more in 1 group"), "{out}");
 }

@@ -7,7 +7,7 @@ use super::{
     plan::Config,
     render::{int, mib, pct},
     run::{Results, StartRun},
-    stats::{cpu_percent, percentile, ratios, samples, summary_number, Spread},
+    stats::{cpu_percent, paired, percentile, ratios, samples, summary_number, Spread},
 };
 
 /// A budget row's verdict: `None` when met, else by how much it is missed.
@@ -37,7 +37,21 @@ pub(super) fn render_budget(out: &mut String, results: &Results) {
         let text = s.show(|x| format!("{:.2}%", x * 100.0));
         (text, missed_by(0.97 - s.median, pp))
     });
-    row("closewait rate / none (median)", ">= 97%", closewait);
+    row(
+        "closewait (default: stacks on) rate / none (median)",
+        ">= 97%",
+        closewait,
+    );
+    let paired_ratio = |c, base| rounds.and_then(|r| Spread::of(paired(r, c, base)));
+    let stacks = paired_ratio(Config::Closewait, Config::ClosewaitNoStacks).map(|s| {
+        let text = s.show(|x| format!("{:.2}%", x * 100.0));
+        (text, missed_by(0.98 - s.median, pp))
+    });
+    row(
+        "stacks on / stacks off, paired per round (median)",
+        ">= 98%",
+        stacks,
+    );
     let overlap = ratio(Config::Closewait)
         .zip(ratio(Config::Empty))
         .map(|(c, e)| {

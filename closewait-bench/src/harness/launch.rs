@@ -93,7 +93,11 @@ impl Bench {
             Config::NoTracer => bail!("no tracer to start"),
             Config::Empty => (self.trace.clone(), vec!["--json", "--attach", "empty"]),
             Config::Closewait => (self.trace.clone(), vec!["--json"]),
-            Config::ClosewaitStacks => (self.trace.clone(), vec!["--json", "--stacks", "on"]),
+            Config::ClosewaitNoStacks => (self.trace.clone(), vec!["--json", "--stacks", "off"]),
+            Config::ClosewaitNoAccept => (
+                self.trace.clone(),
+                vec!["--json", "--without", "syscall-tracepoints"],
+            ),
             Config::Tcpstates => (peer(config)?, vec![]),
             Config::Bpftrace => (peer(config)?, vec!["-e", BPFTRACE_PROGRAM]),
         })

@@ -101,26 +101,32 @@ impl Plan {
 pub(super) enum Config {
     NoTracer,
     Empty,
+    /// closewait-trace's default mode (creation stacks on).
     Closewait,
-    /// closewait-trace with creation stacks recorded from the start.
-    ClosewaitStacks,
+    /// `--stacks off`: what capturing stacks costs, next to the default.
+    ClosewaitNoStacks,
+    /// Stacks of connect() only (`--without syscall-tracepoints`): what the
+    /// accept() recorder's syscall tracepoints cost.
+    ClosewaitNoAccept,
     Tcpstates,
     Bpftrace,
 }
 
 impl Config {
-    pub(super) const ALL: [Config; 6] = [
+    pub(super) const ALL: [Config; 7] = [
         Config::NoTracer,
         Config::Empty,
         Config::Closewait,
-        Config::ClosewaitStacks,
+        Config::ClosewaitNoStacks,
+        Config::ClosewaitNoAccept,
         Config::Tcpstates,
         Config::Bpftrace,
     ];
-    pub(super) const TRACERS: [Config; 5] = [
+    pub(super) const TRACERS: [Config; 6] = [
         Config::Empty,
         Config::Closewait,
-        Config::ClosewaitStacks,
+        Config::ClosewaitNoStacks,
+        Config::ClosewaitNoAccept,
         Config::Tcpstates,
         Config::Bpftrace,
     ];
@@ -130,10 +136,19 @@ impl Config {
             Config::NoTracer => "none",
             Config::Empty => "empty",
             Config::Closewait => "closewait",
-            Config::ClosewaitStacks => "closewait-stacks",
+            Config::ClosewaitNoStacks => "closewait-nostacks",
+            Config::ClosewaitNoAccept => "closewait-noaccept",
             Config::Tcpstates => "tcpstates",
             Config::Bpftrace => "bpftrace",
         }
+    }
+
+    /// closewait-trace in one of its modes.
+    pub(super) fn is_closewait(self) -> bool {
+        matches!(
+            self,
+            Config::Closewait | Config::ClosewaitNoStacks | Config::ClosewaitNoAccept
+        )
     }
 
     pub(super) fn is_peer(self) -> bool {

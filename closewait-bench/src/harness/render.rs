@@ -167,16 +167,13 @@ fn render_throughput(out: &mut String, rounds: &[Round], unavailable: &BTreeMap<
         let ratio = show(ratios(rounds, config), pct);
         let rate = Spread::of(samples(rounds, config).map(|s| s.rate))
             .map_or_else(dash, |s| int(s.median));
-        let closewait = matches!(
-            config,
-            Config::Empty | Config::Closewait | Config::ClosewaitStacks
-        );
+        let closewait = config == Config::Empty || config.is_closewait();
         let lost = samples(rounds, config).filter_map(|s| summary_number(s, "lost"));
         let lost = if closewait { int(lost.sum()) } else { dash() };
         let seen = samples(rounds, config)
             .filter_map(|s| Some(summary_number(s, "entered")? / s.connections))
             .collect();
-        let seen = if matches!(config, Config::Closewait | Config::ClosewaitStacks) {
+        let seen = if config.is_closewait() {
             show(seen, |x| format!("{x:.3}"))
         } else {
             dash()

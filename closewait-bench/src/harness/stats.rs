@@ -48,8 +48,13 @@ pub(super) fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 
 /// Ratios of `config`'s rate to the no-tracer rate of the same round.
 pub(super) fn ratios(rounds: &[Round], config: Config) -> Vec<f64> {
+    paired(rounds, config, Config::NoTracer)
+}
+
+/// `config`'s rate over `base`'s, per round where both ran.
+pub(super) fn paired(rounds: &[Round], config: Config, base: Config) -> Vec<f64> {
     let ratio = |r: &Round| {
-        let base = r.samples.get(&Config::NoTracer)?.rate;
+        let base = r.samples.get(&base)?.rate;
         Some(r.samples.get(&config)?.rate / base)
     };
     rounds.iter().filter_map(ratio).collect()
