@@ -67,6 +67,39 @@ fn is_timeout(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::TimedOut
 }
 
+/// A recv-heavy load: one loopback connection, the client writes 64-byte
+/// messages, the server reads each with a recv() of its own, for
+/// `duration`. Returns (reads, reads per second).
+pub fn run_recv(addr: &SocketAddr, duration: Duration) -> Result<(u64, f64)> {
+    use std::io::Read;
+    let listener =
+        std::net::TcpListener::bind(addr).with_context(|| format!("listen on {addr}"))?;
+    let mut client = std::net::TcpStream::connect(listener.local_addr()?).context("connect")?;
+    client.set_nodelay(true)?;
+    let (mut server, _) = listener.accept().context("accept")?;
+    let msg = [0x5a_u8; 64];
+    let mut buf = [0u8; 64];
+    let start = mono_ns();
+    let end = start + duration.as_nanos() as u64;
+    let mut reads = 0u64;
+    while mono_ns() < end {
+        for _ in 0..256 {
+            client.write_all(&msg).context("write")?;
+            let mut got = 0;
+            while got < msg.len() {
+                let n = server.read(&mut buf[got..]).context("read")?;
+                if n == 0 {
+                    bail!("the connection closed");
+                }
+                got += n;
+                reads += 1;
+            }
+        }
+    }
+    let secs = (mono_ns() - start) as f64 / 1e9;
+    Ok((reads, reads as f64 / secs))
+}
+
 // ---------------------------------------------------------------- churn
 
 #[derive(Debug, Clone)]
@@ -806,6 +839,13 @@ mod tests {
     fn port_lists() {
         assert_eq!(parse_port_list("\n"), vec![]);
         assert_eq!(parse_port_list("1,5-9\n"), vec![(1, 1), (5, 9)]);
+    }
+
+    #[test]
+    fn recv_runs() {
+        let (reads, rate) = run_recv(&lo(), Duration::from_millis(200)).unwrap();
+        assert!(reads >= 256, "{reads}");
+        assert!(rate > 0.0);
     }
 
     #[test]

@@ -11,14 +11,14 @@ use clap::Parser;
 use closewait_host::duration;
 
 use closewait_bench::{
-    catch_release_signals, check_loopback, park, run_churn, run_hold, stdin_is_dev_null, sys,
-    tune_netns, wait_for_release, ChurnConfig, HoldConfig, Release,
+    catch_release_signals, check_loopback, park, run_churn, run_hold, run_recv, stdin_is_dev_null,
+    sys, tune_netns, wait_for_release, ChurnConfig, HoldConfig, Release,
 };
 
 /// Loopback TCP connection churn for benchmarking closewait-trace.
 ///
 /// Modes (exactly one): churn (default, needs --duration), hold (--hold),
-/// park (--park). In churn and hold the server side closes first, so the
+/// park (--park), recv (--recv). In churn and hold the server side closes first, so the
 /// client socket gets the FIN, sits in CLOSE_WAIT, and leaves it when the
 /// client closes (CLOSE_WAIT -> LAST_ACK). Traffic goes to loopback only.
 #[derive(Parser, Debug)]
@@ -43,7 +43,8 @@ struct Cli {
 
     /// churn: run this long (e.g. 500ms, 5s, 2m)
     #[arg(long, value_name = "DUR", value_parser = duration::parse,
-          required_unless_present_any = ["hold", "park"], conflicts_with_all = ["hold", "park"])]
+          required_unless_present_any = ["hold", "park", "recv"],
+          conflicts_with_all = ["hold", "park", "recv"])]
     duration: Option<Duration>,
 
     /// churn: target connections per second (absolute schedule); default: as fast as possible
@@ -75,6 +76,13 @@ struct Cli {
     /// (if stdin is /dev/null, only the signals count)
     #[arg(long, value_name = "N")]
     park: Option<usize>,
+
+    /// recv: for this long, one connection carrying 64-byte messages, each
+    /// read by its own recv() (a recv-heavy load: what a per-read
+    /// tracepoint costs); `rate` is reads per second
+    #[arg(long, value_name = "DUR", value_parser = duration::parse,
+          conflicts_with_all = ["hold", "park"])]
+    recv: Option<Duration>,
 
     /// park: give up waiting and exit after this long
     #[arg(long, value_name = "DUR", value_parser = duration::parse, default_value = "60m",
@@ -131,6 +139,13 @@ fn run(cli: Cli) -> Result<()> {
             }
         };
         return stdout_line(&format!("{{\"mode\":\"hold\",\"connections\":{n}}}"));
+    }
+
+    if let Some(duration) = cli.recv {
+        let (reads, rate) = run_recv(&addr, duration)?;
+        return stdout_line(&format!(
+            "{{\"mode\":\"recv\",\"connections\":{reads},\"reads\":{reads},\"errors\":0,\"rate\":{rate:.1}}}"
+        ));
     }
 
     if let Some(n) = cli.park {

@@ -52,6 +52,18 @@ pub(super) fn render_budget(out: &mut String, results: &Results) {
         ">= 98%",
         stacks,
     );
+    let recv = results.recv.as_ref().ok();
+    let recv =
+        recv.and_then(|r| Spread::of(paired(r, Config::ClosewaitEofReads, Config::Closewait)));
+    let recv = recv.map(|s| {
+        let text = s.show(|x| format!("{:.2}%", x * 100.0));
+        (text, missed_by(0.98 - s.median, pp))
+    });
+    row(
+        "recv-heavy load: EOF-read recorder armed / default, paired (median)",
+        ">= 98%",
+        recv,
+    );
     let overlap = ratio(Config::Closewait)
         .zip(ratio(Config::Empty))
         .map(|(c, e)| {

@@ -41,6 +41,10 @@ impl Results {
         check("dwell accuracy", check_dwell(&self.dwell));
         check("start-up", check_startup(&self.startup, plan));
         check("memory", check_rss(&self.rss, plan));
+        check(
+            "recv-heavy",
+            check_rounds(&self.recv, &super::run::RECV_CONFIGS, false),
+        );
         problems
     }
 }

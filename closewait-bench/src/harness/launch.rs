@@ -94,6 +94,7 @@ impl Bench {
             Config::Empty => (self.trace.clone(), vec!["--json", "--attach", "empty"]),
             Config::Closewait => (self.trace.clone(), vec!["--json"]),
             Config::ClosewaitNoStacks => (self.trace.clone(), vec!["--json", "--stacks", "off"]),
+            Config::ClosewaitEofReads => (self.trace.clone(), vec!["--json", "--arm-eof-reads"]),
             Config::ClosewaitNoAccept => (
                 self.trace.clone(),
                 vec!["--json", "--without", "syscall-tracepoints"],

@@ -108,6 +108,9 @@ pub(super) enum Config {
     /// Stacks of connect() only (`--without syscall-tracepoints`): what the
     /// accept() recorder's syscall tracepoints cost.
     ClosewaitNoAccept,
+    /// The default with the EOF-read recorder armed from the start (hidden
+    /// `--arm-eof-reads`): what it costs each recv(). Recv-heavy load only.
+    ClosewaitEofReads,
     Tcpstates,
     Bpftrace,
 }
@@ -138,6 +141,7 @@ impl Config {
             Config::Closewait => "closewait",
             Config::ClosewaitNoStacks => "closewait-nostacks",
             Config::ClosewaitNoAccept => "closewait-noaccept",
+            Config::ClosewaitEofReads => "closewait-eofreads",
             Config::Tcpstates => "tcpstates",
             Config::Bpftrace => "bpftrace",
         }
@@ -147,7 +151,10 @@ impl Config {
     pub(super) fn is_closewait(self) -> bool {
         matches!(
             self,
-            Config::Closewait | Config::ClosewaitNoStacks | Config::ClosewaitNoAccept
+            Config::Closewait
+                | Config::ClosewaitNoStacks
+                | Config::ClosewaitNoAccept
+                | Config::ClosewaitEofReads
         )
     }
 

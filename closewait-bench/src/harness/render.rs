@@ -10,9 +10,9 @@ use super::{
     budget::render_budget,
     measure::{Dwell, ProgStats},
     plan::{Config, CPU_TEST_RATE, DWELL_PORT, HOLD, LOAD_CPU, RSS_DRAIN, TRACER_CPU},
-    run::{Bench, Results, Round, Rss, Sample, StartRun, Startup},
+    run::{Bench, Results, Round, Rss, Sample, StartRun, Startup, RECV_CONFIGS},
     stats::{
-        cpu_per_10k, cpu_percent, ns_per_run, percentile, ratios, samples, summary_number,
+        cpu_per_10k, cpu_percent, ns_per_run, paired, percentile, ratios, samples, summary_number,
         total_runs, Spread,
     },
 };
@@ -39,6 +39,9 @@ pub(super) fn render(bench: &Bench, results: &Results, command: &str) -> String 
     render_section(&mut out, "Dwell accuracy", &results.dwell, render_dwell);
     render_section(&mut out, "Start-up", &results.startup, render_startup);
     render_section(&mut out, "Memory", &results.rss, render_rss);
+    render_section(&mut out, "Recv-heavy load", &results.recv, |out, r| {
+        render_recv(out, r)
+    });
     if bench.plan.smoke {
         out.push_str("## Budget\n\nSmoke run (tiny sizes): no budget comparison.\n");
     } else {
@@ -340,6 +343,30 @@ fn render_startup(out: &mut String, startup: &Startup) {
             spread(|r| r.reported_s),
         );
     }
+}
+
+fn render_recv(out: &mut String, rounds: &[Round]) {
+    out.push_str(
+        "`churn --recv`: one loopback connection, one recv() per 64-byte message, next to \
+         closewait-trace with stacks off, in its default mode, and with the EOF-read recorder \
+         on `sock:sock_recv_length` armed from the start (it runs at every recv() on the host; \
+         the default arms it at the first socket that read EOF and was not closed); reads per \
+         second relative to `none` in the same round, and paired per round.\n\n\
+         | config | rate / none: median (min–max) | median reads/s |\n| --- | --- | --- |\n",
+    );
+    for config in RECV_CONFIGS {
+        let ratio = Spread::of(ratios(rounds, config)).map_or("—".into(), |s| s.show(pct));
+        let rate = Spread::of(samples(rounds, config).map(|s| s.rate))
+            .map_or("—".into(), |s| int(s.median));
+        let _ = writeln!(out, "| {} | {ratio} | {rate} |", config.name());
+    }
+    let pair = |c, base| Spread::of(paired(rounds, c, base)).map_or("—".into(), |s| s.show(pct));
+    let _ = writeln!(
+        out,
+        "\nPaired per round: closewait / closewait-nostacks {}, closewait-eofreads / closewait {}",
+        pair(Config::Closewait, Config::ClosewaitNoStacks),
+        pair(Config::ClosewaitEofReads, Config::Closewait),
+    );
 }
 
 fn render_rss(out: &mut String, rss: &Rss) {

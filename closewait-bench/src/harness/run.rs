@@ -16,6 +16,14 @@ use super::{
     process::{check_interrupted, number, pause, read_json_lines, summary_of},
 };
 
+/// What runs next to the recv-heavy load.
+pub(super) const RECV_CONFIGS: [Config; 4] = [
+    Config::NoTracer,
+    Config::ClosewaitNoStacks,
+    Config::Closewait,
+    Config::ClosewaitEofReads,
+];
+
 /// What the start-up step reads of closewait-trace's output.
 const STARTUP_KEEP: &[&str] = &["start", "existing", "summary"];
 
@@ -89,6 +97,7 @@ pub(super) struct Results {
     pub(super) dwell: Result<Dwell>,
     pub(super) startup: Result<Startup>,
     pub(super) rss: Result<Rss>,
+    pub(super) recv: Result<Vec<Round>>,
 }
 
 impl Bench {
@@ -141,6 +150,7 @@ impl Bench {
         let dwell = self.dwell();
         let startup = self.startup();
         let rss = self.rss();
+        let recv = self.recv_heavy();
         Results {
             throughput,
             bpf_cost,
@@ -148,6 +158,7 @@ impl Bench {
             dwell,
             startup,
             rss,
+            recv,
         }
     }
 
@@ -162,6 +173,14 @@ impl Bench {
         let _stats = BpfStats::enable()?;
         let load = ["--duration".to_owned(), self.plan.load()];
         self.rounds("bpf cost", &Config::TRACERS, &load)
+    }
+
+    /// Step 7: a recv-heavy load (one recv() per 64-byte message) next to
+    /// closewait-trace without stacks, by default, and with the EOF-read
+    /// recorder on `sock:sock_recv_length` armed: what it costs every read.
+    fn recv_heavy(&mut self) -> Result<Vec<Round>> {
+        let load = ["--recv".to_owned(), self.plan.load()];
+        self.rounds("recv-heavy", &RECV_CONFIGS, &load)
     }
 
     /// `plan.rounds` rounds of `configs`, in an order rotated each round.
