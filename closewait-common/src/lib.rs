@@ -203,6 +203,8 @@ pub struct SockOffsets {
     /// From a `struct socket *` to its inode number: the inode follows the
     /// socket in `struct socket_alloc`.
     pub socket_ino: u32,
+    /// `skc_state` (one byte): read by the EOF-read recorder only.
+    pub skc_state: u32,
 }
 
 impl SockOffsets {
@@ -220,6 +222,7 @@ impl SockOffsets {
         net_inum: NO_OFFSET,
         sk_socket: NO_OFFSET,
         socket_ino: NO_OFFSET,
+        skc_state: NO_OFFSET,
     };
 }
 
@@ -317,6 +320,9 @@ pub enum CreationKind {
     Connect = 1,
     /// accept()/accept4(): recorded at the syscall's exit.
     Accept = 2,
+    /// A read that returned EOF on a socket in CLOSE_WAIT (not a creation:
+    /// the code that should have closed it), at `sock:sock_recv_length`.
+    EofRead = 3,
 }
 
 /// A creation record: who created the socket, when, and from which code.

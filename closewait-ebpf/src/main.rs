@@ -11,7 +11,9 @@
 use core::ptr::read_volatile;
 
 use aya_ebpf::{
-    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{
+        BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+    },
     cty::c_void,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_socket_cookie,
@@ -54,6 +56,12 @@ static CONNECTS: LruHashMap<u64, Creation> = LruHashMap::with_max_entries(65536,
 /// accept() creation records, by `tgid << 32 | fd`.
 #[map]
 static ACCEPTS: LruHashMap<u64, Creation> = LruHashMap::with_max_entries(65536, 0);
+
+/// The first read that returned EOF on a socket in CLOSE_WAIT, by cookie:
+/// for a socket whose application read EOF and never closed it, the code
+/// that should have.
+#[map]
+static EOF_READS: LruHashMap<u64, Creation> = LruHashMap::with_max_entries(16384, 0);
 
 // Read-only globals, written by the loader before load (like libbpf's
 // `const volatile`). Always read through `read_volatile` so the compiler does
@@ -230,6 +238,45 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
         bump(counter::STACK_FAILED);
     }
     0
+}
+
+/// `sock_recv_length(sk, ret, flags)` fires at the end of every recvmsg()
+/// on every socket, in the reader's context: only EOF (`ret == 0`) goes on,
+/// which costs nothing to test; only sockets in CLOSE_WAIT are recorded.
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv_length(ctx: BtfTracePointContext) -> u32 {
+    let ret: i32 = ctx.arg(1);
+    if ret != 0 || !stacks_armed() {
+        return 0;
+    }
+    let _ = record_eof_read(&ctx);
+    0
+}
+
+#[inline(always)]
+fn record_eof_read(ctx: &BtfTracePointContext) -> Result<(), ()> {
+    let sk: *const u8 = ctx.arg(0);
+    if sk.is_null() {
+        return Ok(());
+    }
+    let off = unsafe { read_volatile(&SOCK_OFFSETS) };
+    if off.skc_state == NO_OFFSET || read::<u8>(sk, off.skc_state)? != CLOSE_WAIT {
+        return Ok(());
+    }
+    if read::<u16>(sk, off.sk_protocol)? != IPPROTO_TCP {
+        return Ok(());
+    }
+    // SAFETY: `sk` is the tracepoint's BTF-typed `struct sock *` argument.
+    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    // The first EOF read only: an application that keeps reading EOF (a
+    // level-triggered poll loop) walks its stack once.
+    // SAFETY: the value is copied out at once.
+    if unsafe { EOF_READS.get(&cookie) }.is_some() {
+        return Ok(());
+    }
+    let record = creation(ctx, CreationKind::EofRead);
+    let _ = EOF_READS.insert(cookie, record, BPF_NOEXIST as u64);
+    Ok(())
 }
 
 #[inline(always)]

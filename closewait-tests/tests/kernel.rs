@@ -718,6 +718,64 @@ fn the_caller_is_found_without_frame_pointers() {
     }
 }
 
+/// The handler that read EOF and did not close: its read is `last_read`.
+/// The recorder runs at every recv() on the host, so it is armed at the
+/// first socket found that read EOF and was not closed; the next leak has
+/// it. Where the kernel has no `sock:sock_recv_length` (before Linux 6.2)
+/// the tool says so in one line and `last_read` stays null.
+#[test]
+fn the_read_that_returned_eof_is_last_read_after_the_first_such_leak() {
+    let ns = NetNs::new("stk-eof");
+    let spawn = || {
+        let mut leaker = support::Leaker::spawn(&ns, None, "direct", &["accept", "127.0.0.1", "0"]);
+        let port = port_of(&leaker.expect("listening"));
+        (leaker, port)
+    };
+    let ((mut first, p1), (mut second, p2)) = (spawn(), spawn());
+    let (p1s, p2s) = (p1.to_string(), p2.to_string());
+    let mut tracer = Tracer::start(&["--threshold", "300ms", "--port", &p1s, "--port", &p2s]);
+    let leak = |tracer: &mut Tracer, leaker: &mut support::Leaker, port: u16| {
+        drop(ns.connect(SocketAddr::from(([127, 0, 0, 1], port))));
+        leaker.expect("ready");
+        tracer.expect("stuck", 5 * S, |v| {
+            v["event"] == "stuck" && v["lport"] == port
+        })
+    };
+    let stuck = leak(&mut tracer, &mut first, p1);
+    assert_eq!(stuck["diagnosis"]["cause"], "eof_not_closed", "{stuck}");
+    assert!(stuck["last_read"].is_null(), "not armed yet: {stuck}");
+    let absent = "no sock:sock_recv_length tracepoint";
+    let armed = "recording where sockets in CLOSE_WAIT read EOF";
+    let deadline = std::time::Instant::now() + support::slowed(5 * S);
+    while !tracer.stderr().contains(absent) && !tracer.stderr().contains(armed) {
+        assert!(std::time::Instant::now() < deadline, "{}", tracer.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let stuck = leak(&mut tracer, &mut second, p2);
+    tracer.interrupt();
+    let stderr = tracer.stderr();
+    if stderr.contains(absent) {
+        assert!(stuck["last_read"].is_null(), "{stuck}");
+        said_once(&stderr, absent);
+        return;
+    }
+    said_once(&stderr, armed);
+    let frames: Vec<&str> = stuck["last_read"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a last_read stack: {stuck}"))
+        .iter()
+        .filter_map(|f| f["symbol"].as_str())
+        .collect();
+    // The reader and its caller: the code that should have closed.
+    assert!(frames.contains(&"wait_for_peer_close"), "{frames:?}");
+    assert!(frames.contains(&"leak"), "{frames:?}");
+    // The creation stack is the accept, as before.
+    assert!(
+        symbols(&stuck).iter().any(|s| s == "handle_client"),
+        "{stuck}"
+    );
+}
+
 #[test]
 fn jit_code_named_in_a_perf_map_is_in_the_stack() {
     let syms = direct_leak("direct", "connect", &["--jit"]);

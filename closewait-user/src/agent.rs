@@ -21,6 +21,7 @@ use tokio::{
 use crate::{
     cli::{Cli, StacksMode},
     discovery::{self, ScanError, ScanResult, ScannedSocket},
+    enrich::diagnosis::Cause,
     enrich::{self, Context},
     model::{Enriched, Model},
     output::{self, format::WallClock, Output, StartInfo},
@@ -78,6 +79,9 @@ struct Agent {
     /// A socket was found in CLOSE_WAIT at start or flagged stuck: the cue
     /// for `--stacks auto` to start recording creation stacks.
     trouble: bool,
+    /// A reported socket read EOF and was not closed: the cue to record
+    /// where sockets read EOF (`last_read`).
+    eof_trouble: bool,
 }
 
 impl Agent {
@@ -199,6 +203,13 @@ impl Agent {
         let id = response.id;
         self.requested.remove(&id);
         let ctx = response.context;
+        if ctx
+            .diagnosis
+            .as_ref()
+            .is_some_and(|d| d.cause == Cause::EofNotClosed)
+        {
+            self.eof_trouble = true;
+        }
         if self.filter.owner.is_set() {
             let selected = self
                 .filter
@@ -369,6 +380,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         stacks_mode
     };
     let mut stacks_armed = stacks_mode == StacksMode::On && kernel.arm_stacks()?;
+    let mut eof_armed = stacks_armed && cli.arm_eof_reads && kernel.arm_eof_reads();
     let owner_filter = OwnerFilter {
         pids: cli.pids.clone(),
         comms: cli.comms.clone(),
@@ -403,6 +415,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         requested: HashSet::new(),
         resolver,
         trouble: false,
+        eof_trouble: false,
     };
 
     // Start-up scan, after attach so nothing falls between the two.
@@ -495,6 +508,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             stacks_armed = kernel.arm_stacks()?;
             if stacks_armed {
                 eprintln!("closewait-trace: sockets are stuck in CLOSE_WAIT: recording creation stacks from now on");
+            }
+        }
+        if agent.eof_trouble && stacks_armed && !eof_armed {
+            eof_armed = kernel.arm_eof_reads();
+            if eof_armed {
+                eprintln!("closewait-trace: a socket read EOF and was not closed: recording where sockets in CLOSE_WAIT read EOF from now on (last_read)");
             }
         }
         let wall_now = Instant::now();

@@ -92,6 +92,12 @@ pub struct Cli {
     /// benchmark's baseline for what evidence costs).
     #[arg(long, hide = true)]
     pub no_evidence: bool,
+
+    /// Record EOF reads (`last_read`) from the start, not from the first
+    /// socket found that read EOF and was not closed (the benchmark's
+    /// measure of what the recorder costs).
+    #[arg(long, hide = true)]
+    pub arm_eof_reads: bool,
 }
 
 /// When creation stacks are recorded.

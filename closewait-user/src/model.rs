@@ -430,6 +430,7 @@ pub(crate) mod tests {
             inode: None,
             evidence: None,
             diagnosis: None,
+            last_read: None,
         }
     }
 

@@ -40,6 +40,9 @@ pub struct Context {
     /// Why it is stuck: gathered for reported sockets (existing, stuck).
     pub evidence: Option<Evidence>,
     pub diagnosis: Option<Diagnosis>,
+    /// The user stack of the first read that returned EOF while the socket
+    /// was in CLOSE_WAIT: the code that should have closed it.
+    pub last_read: Option<Stack>,
 }
 
 impl Context {
@@ -169,6 +172,7 @@ impl Resolver {
                     })
                     .collect();
                 let creation = self.creation(&req.socket, &owners);
+                let last_read = self.last_read(&req.socket, &owners);
                 // The creator first, when it still holds the socket.
                 if let Some(c) = &creation {
                     if let Some(i) = owners.iter().position(|o| o.pid == c.pid) {
@@ -207,6 +211,7 @@ impl Resolver {
                         inode,
                         evidence,
                         diagnosis,
+                        last_read,
                     }),
                 }
             })
@@ -232,26 +237,37 @@ impl Resolver {
         } else {
             "accept"
         };
-        let stack = (record.user_stack_id >= 0)
-            .then(|| creations.stacks.get(&(record.user_stack_id as u32), 0).ok())
-            .flatten()
-            .map(|trace| {
-                let ips: Vec<u64> = trace.frames().iter().map(|f| f.ip).collect();
-                // Symbolize in a live process that maps the same code: the
-                // creator if it is still there, else a holder.
-                let pid = owners
-                    .iter()
-                    .find(|o| o.pid == record.tgid)
-                    .or(owners.first())
-                    .map_or(record.tgid, |o| o.pid);
-                let ips = self.callers.with_caller(pid, &ips, &record.stack_words);
-                self.symbolizer.symbolize(pid, &ips)
-            });
+        let stack = self.stack_of(&record, owners);
         Some(CreationContext {
             kind,
             pid: record.tgid,
             stack,
         })
+    }
+
+    /// The stack of the first EOF read in CLOSE_WAIT, if one was recorded.
+    fn last_read(&mut self, socket: &Socket, owners: &[Owner]) -> Option<Stack> {
+        let creations = self.creations.as_ref()?;
+        let record = creations.eof_reads.get(&socket.cookie?, 0).ok()?;
+        self.stack_of(&record, owners)
+    }
+
+    /// A record's user stack, symbolized, with the callers a frame-pointer
+    /// walk skips put back.
+    fn stack_of(&mut self, record: &Creation, owners: &[Owner]) -> Option<Stack> {
+        let creations = self.creations.as_ref()?;
+        let id = u32::try_from(record.user_stack_id).ok()?;
+        let trace = creations.stacks.get(&id, 0).ok()?;
+        let ips: Vec<u64> = trace.frames().iter().map(|f| f.ip).collect();
+        // Symbolize in a live process that maps the same code: the recorder
+        // if it is still there, else a holder.
+        let pid = owners
+            .iter()
+            .find(|o| o.pid == record.tgid)
+            .or(owners.first())
+            .map_or(record.tgid, |o| o.pid);
+        let ips = self.callers.with_caller(pid, &ips, &record.stack_words);
+        Some(self.symbolizer.symbolize(pid, &ips))
     }
 }
 

@@ -73,6 +73,8 @@ pub struct ContextFields {
     /// Why it is stuck: on `existing` and `stuck` (and the summary's list).
     pub evidence: Option<Evidence>,
     pub diagnosis: Option<Diagnosis>,
+    /// The first read that returned EOF in CLOSE_WAIT (frames like `stack`).
+    pub last_read: Option<Vec<Frame>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -273,6 +275,7 @@ impl ContextFields {
             stack_truncated: stack.map(|s| s.truncated),
             evidence: ctx.evidence.clone(),
             diagnosis: ctx.diagnosis.clone(),
+            last_read: ctx.last_read.as_ref().map(|s| s.frames.clone()),
         }
     }
 }

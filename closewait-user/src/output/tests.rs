@@ -228,6 +228,10 @@ fn hostile() -> Context {
             ..stack.frames[0].clone()
         };
     }
+    // A perf map names JIT code whatever its runtime likes.
+    let mut read = ctx.creation.as_ref().and_then(|c| c.stack.clone()).unwrap();
+    read.frames[0].symbol = Some("jit\x1b[2Jread\u{202e}".into());
+    ctx.last_read = Some(read);
     ctx
 }
 
@@ -246,9 +250,11 @@ fn hostile_text_is_escaped_once_in_text_and_kept_valid_in_json() {
         "{t}"
     );
     assert!(!t.contains("\\\\"), "escaped twice: {t}");
+    assert!(t.contains("read EOF at jit\\x1b[2Jread\\u{202e}"), "{t}");
     let v = &json(|o| o.event(&e).unwrap())[0];
     assert_eq!(v["comm"], "evil\x1b[31mred\u{202e}");
     assert_eq!(v["stack"][0]["symbol"], "leak\x1b]0;pwned\x07\u{2066}");
+    assert_eq!(v["last_read"][0]["symbol"], "jit\x1b[2Jread\u{202e}");
 }
 
 fn model_with_stuck() -> Model {

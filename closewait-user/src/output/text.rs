@@ -96,6 +96,9 @@ impl<W: Write> Output for Text<W> {
             if let Some(site) = creation_text(ctx) {
                 writeln!(self.out, "{:<33}{site}", "")?;
             }
+            if let Some(read) = last_read_text(ctx) {
+                writeln!(self.out, "{:<33}{read}", "")?;
+            }
         }
         Ok(())
     }
@@ -299,6 +302,23 @@ fn creation_text(ctx: &Context) -> Option<String> {
         text.push_str(" [stack cut short]");
     }
     Some(text)
+}
+
+/// `read EOF at handler (app.c:40) <- serve (app.c:90)` (escaped): where the
+/// application read EOF and went on without close().
+fn last_read_text(ctx: &Context) -> Option<String> {
+    let stack = ctx.last_read.as_ref()?;
+    let frames: Vec<String> = stacks::app_frames(stack, TEXT_FRAMES)
+        .into_iter()
+        .map(stacks::frame_label)
+        .collect();
+    if frames.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "read EOF at {}",
+        sanitize::text(&frames.join(" <- "))
+    ))
 }
 
 fn ids(s: &Socket) -> String {

@@ -52,6 +52,7 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, OffsetError> {
         // For owner lookup by inode; without them owners are found by a scan.
         sk_socket: sock("sk_socket").unwrap_or(NO_OFFSET),
         socket_ino: socket_ino(btf).unwrap_or(NO_OFFSET),
+        skc_state: sock("__sk_common.skc_state").unwrap_or(NO_OFFSET),
     };
     fit_window(offsets)
 }
@@ -224,6 +225,11 @@ mod tests {
         assert_ne!(off.skc_v6_daddr, NO_OFFSET, "IPv6 fits the window");
         assert!(off.skc_v6_daddr + 16 - off.common_base <= COMMON_WINDOW as u32);
         assert!(off.socket_ino > 0 && off.socket_ino != NO_OFFSET);
+        assert_eq!(
+            off.skc_state,
+            off.skc_family + 2,
+            "skc_family then skc_state"
+        );
         // x86_64's pt_regs: r15 ... orig_ax, ip, cs, flags, sp, ss.
         #[cfg(target_arch = "x86_64")]
         assert_eq!(regs_sp_offset(&btf), Some(19 * 8));

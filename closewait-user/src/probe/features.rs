@@ -28,6 +28,9 @@ pub enum Feature {
     Stacks,
     /// Syscall tracepoints (`syscalls/sys_exit_accept4`): stacks of accept().
     SyscallTracepoints,
+    /// The `sock:sock_recv_length` tracepoint (Linux 6.2+): the stack of the
+    /// read that returned EOF on a socket in CLOSE_WAIT (`last_read`).
+    RecvTracepoint,
 }
 
 impl Feature {
@@ -41,6 +44,7 @@ impl Feature {
             Feature::Ringbuf => "this kernel has no BPF ring buffer (BPF_MAP_TYPE_RINGBUF, Linux 5.8+), which closewait-trace needs",
             Feature::Stacks => "no BPF stack trace maps on this kernel: creation stacks are off",
             Feature::SyscallTracepoints => "no syscall tracepoints (syscalls/sys_exit_accept4): accepted sockets get no creation stack",
+            Feature::RecvTracepoint => "no sock:sock_recv_length tracepoint (Linux 6.2+): sockets whose application read EOF get no last_read stack",
         }
     }
 }

@@ -128,6 +128,8 @@ pub struct Creations {
     pub connects: HashMap<MapData, u64, Creation>,
     /// By `accept_key(tgid, fd)`.
     pub accepts: HashMap<MapData, u64, Creation>,
+    /// The first EOF read of sockets in CLOSE_WAIT, by socket cookie.
+    pub eof_reads: HashMap<MapData, u64, Creation>,
 }
 
 /// The loaded kernel side: drop counters, the creation-stack switch, and the
@@ -140,6 +142,9 @@ pub struct Kernel {
     /// The accept() recorder is loaded lazily and attached when stacks are
     /// armed: an enabled syscall tracepoint slows every syscall on the host.
     accept_ready: bool,
+    /// The EOF-read recorder, loaded with the BTF program, attached by
+    /// [`Kernel::arm_eof_reads`].
+    eof_ready: bool,
     ebpf: Ebpf,
 }
 
@@ -231,7 +236,10 @@ impl Probe {
         prog.attach()
             .context("attaching to the BTF tracepoint inet_sock_set_state")?;
         let prog_fd = prog.fd()?.try_clone()?;
-        Self::finish(ebpf, mode, prog_fd, stacks, accept_ret.is_some())
+        let eof_ready = stacks && load_eof_reads(&mut ebpf, &btf, opts);
+        let mut probe = Self::finish(ebpf, mode, prog_fd, stacks, accept_ret.is_some())?;
+        probe.kernel.eof_ready = eof_ready;
+        Ok(probe)
     }
 
     fn load_tracepoint(opts: &LoadOptions) -> anyhow::Result<Probe> {
@@ -285,6 +293,7 @@ impl Probe {
                 stacks: StackTraceMap::try_from(take("STACKS")?)?,
                 connects: HashMap::try_from(take("CONNECTS")?)?,
                 accepts: HashMap::try_from(take("ACCEPTS")?)?,
+                eof_reads: HashMap::try_from(take("EOF_READS")?)?,
             })
         } else {
             None
@@ -298,6 +307,7 @@ impl Probe {
                 prog_fd,
                 stacks_armed,
                 accept_ready: accept_ready && stacks,
+                eof_ready: false,
                 ebpf,
             },
         })
@@ -316,6 +326,14 @@ impl Kernel {
             attach_accept(&mut self.ebpf);
         }
         Ok(true)
+    }
+
+    /// Start recording where sockets in CLOSE_WAIT read EOF (`last_read`;
+    /// with stacks armed). A program at every recvmsg() on the host, so the
+    /// agent arms it only once a socket is found that read EOF and was not
+    /// closed. False where the kernel cannot.
+    pub fn arm_eof_reads(&mut self) -> bool {
+        std::mem::take(&mut self.eof_ready) && attach_eof_reads(&mut self.ebpf)
     }
 
     /// Current totals of everything the kernel dropped.
@@ -383,6 +401,47 @@ fn accept_ret_offset(opts: &LoadOptions) -> Option<u32> {
 
 /// Attach the accept() stack recorder to sys_exit_accept4 and sys_exit_accept.
 /// Best effort: without it accepted sockets are reported without a stack.
+/// Load (not attach) the EOF-read recorder on `sock:sock_recv_length`;
+/// false, said in one line, where the kernel has no such tracepoint.
+fn load_eof_reads(ebpf: &mut Ebpf, btf: &Btf, opts: &LoadOptions) -> bool {
+    if opts.without.contains(&Feature::RecvTracepoint) {
+        say(Feature::RecvTracepoint);
+        return false;
+    }
+    let result = (|| -> anyhow::Result<()> {
+        let prog: &mut BtfTracePoint = program(ebpf, "sock_recv_length")?;
+        prog.load("sock_recv_length", btf)
+            .map_err(|e| load_error(e, "the EOF-read recorder"))?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => true,
+        Err(err) => {
+            eprintln!(
+                "closewait-trace: {} ({err:#})",
+                Feature::RecvTracepoint.missing_line()
+            );
+            false
+        }
+    }
+}
+
+/// Attach the loaded EOF-read recorder. Best effort, like the accept one.
+fn attach_eof_reads(ebpf: &mut Ebpf) -> bool {
+    let result = (|| -> anyhow::Result<()> {
+        let prog: &mut BtfTracePoint = program(ebpf, "sock_recv_length")?;
+        prog.attach()?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => true,
+        Err(err) => {
+            eprintln!("closewait-trace: warning: no last_read stacks ({err:#})");
+            false
+        }
+    }
+}
+
 fn attach_accept(ebpf: &mut Ebpf) {
     let result = (|| -> anyhow::Result<()> {
         let prog: &mut TracePoint = program(ebpf, "sys_exit_accept")?;
