@@ -143,13 +143,11 @@ impl Agent {
         self.flush()
     }
 
-    /// Ask for a socket's context; `evidence` for reported sockets (a
-    /// context found for the owner filter has none yet).
-    fn request(&mut self, id: u64, socket: Socket, enter_ns: Option<u64>, evidence: bool) {
-        let have = self
-            .contexts
-            .get(&id)
-            .is_some_and(|c| !evidence || c.evidence.is_some());
+    /// Ask for a socket's context; `report` for reported sockets, with their
+    /// creation stack and evidence (a context found for the owner filter's
+    /// verdict has only owners).
+    fn request(&mut self, id: u64, socket: Socket, enter_ns: Option<u64>, report: bool) {
+        let have = self.contexts.get(&id).is_some_and(|c| !report || c.report);
         if have || !self.requested.insert(id) {
             return;
         }
@@ -157,7 +155,8 @@ impl Agent {
             id,
             socket,
             enter_ns,
-            evidence,
+            report,
+            evidence: report && self.evidence,
         };
         if self.resolver.send(request).is_err() {
             self.requested.remove(&id);
@@ -185,7 +184,7 @@ impl Agent {
                         } => Some(at_ns.saturating_sub(*dwell_ns)),
                         _ => None,
                     };
-                    self.request(id, report.socket().clone(), enter_ns, self.evidence);
+                    self.request(id, report.socket().clone(), enter_ns, true);
                 }
                 Some(id)
             }
@@ -556,7 +555,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 told = true;
                 eprintln!(
-                    "closewait-trace: finishing the lookups of {} stuck sockets before exit (interrupt again to skip)",
+                    "closewait-trace: finishing the lookups of {} sockets before exit (Ctrl-C to skip)",
                     agent.requested.len()
                 );
             }

@@ -431,6 +431,7 @@ pub(crate) mod tests {
             evidence: None,
             diagnosis: None,
             last_read: None,
+            report: true,
         }
     }
 

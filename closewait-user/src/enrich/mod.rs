@@ -43,6 +43,9 @@ pub struct Context {
     /// The user stack of the first read that returned EOF while the socket
     /// was in CLOSE_WAIT: the code that should have closed it.
     pub last_read: Option<Stack>,
+    /// Looked up for a report (creation stack asked for), not only for the
+    /// owner filter's verdict.
+    pub report: bool,
 }
 
 impl Context {
@@ -67,8 +70,12 @@ pub struct Request {
     /// When it entered CLOSE_WAIT (CLOCK_MONOTONIC ns), if seen live: the
     /// time of the peer's FIN.
     pub enter_ns: Option<u64>,
-    /// Gather evidence and a diagnosis too (reported sockets; not the owner
-    /// filter's lookups).
+    /// A reported socket (existing or stuck): look up its creation stack and
+    /// `last_read` too. The owner filter's verdicts need only the owners,
+    /// and symbolizing is the slow part.
+    pub report: bool,
+    /// Gather evidence and a diagnosis too (reported sockets, unless the
+    /// hidden `--no-evidence`).
     pub evidence: bool,
 }
 
@@ -171,8 +178,12 @@ impl Resolver {
                             .clone()
                     })
                     .collect();
-                let creation = self.creation(&req.socket, &owners);
-                let last_read = self.last_read(&req.socket, &owners);
+                let (creation, last_read) = if req.report {
+                    let creation = self.creation(&req.socket, &owners);
+                    (creation, self.last_read(&req.socket, &owners))
+                } else {
+                    (None, None)
+                };
                 // The creator first, when it still holds the socket.
                 if let Some(c) = &creation {
                     if let Some(i) = owners.iter().position(|o| o.pid == c.pid) {
@@ -212,6 +223,7 @@ impl Resolver {
                         evidence,
                         diagnosis,
                         last_read,
+                        report: req.report,
                     }),
                 }
             })
