@@ -705,6 +705,37 @@ fn the_caller_is_found_in_a_second_thread_too() {
     }
 }
 
+/// Without bpf_task_pt_regs (Linux < 5.15, forced here) the program still
+/// loads (its branch that calls the helper is dead code) and stacks are the
+/// plain frame-pointer walk, which misses the wrapper's caller.
+#[test]
+fn missing_task_regs_keeps_stacks_without_the_wrappers_caller() {
+    let ns = NetNs::new("stk-noregs");
+    let listener = ns.listen(localhost4());
+    let port = listener.local_addr().unwrap().port().to_string();
+    let mut tracer = Tracer::start(&[
+        "--threshold",
+        "300ms",
+        "--port",
+        &port,
+        "--without",
+        "task-regs",
+    ]);
+    assert_eq!(tracer.seen()[0]["attach"], "tp_btf");
+    let mut leaker = support::Leaker::spawn(&ns, None, "direct", &["connect", "127.0.0.1", &port]);
+    drop(listener.accept().unwrap());
+    leaker.expect("ready");
+    let stuck = tracer.expect("stuck", 5 * S, |v| v["event"] == "stuck");
+    tracer.interrupt();
+    said_once(&tracer.stderr(), "no bpf_task_pt_regs");
+    let syms = symbols(&stuck);
+    assert!(has(&syms, "leak") && has(&syms, "main"), "{syms:?}");
+    assert!(
+        !has(&syms, "open_pool_connection"),
+        "skipped, as said: {syms:?}"
+    );
+}
+
 #[test]
 fn the_caller_is_found_without_frame_pointers() {
     for mode in ["connect", "accept"] {

@@ -28,6 +28,9 @@ pub enum Feature {
     Stacks,
     /// Syscall tracepoints (`syscalls/sys_exit_accept4`): stacks of accept().
     SyscallTracepoints,
+    /// `bpf_task_pt_regs` (Linux 5.15+): the user stack pointer at the
+    /// syscall, to find the caller a frame-pointer walk skips.
+    TaskRegs,
     /// The `sock:sock_recv_length` tracepoint (Linux 6.2+): the stack of the
     /// read that returned EOF on a socket in CLOSE_WAIT (`last_read`).
     RecvTracepoint,
@@ -44,6 +47,7 @@ impl Feature {
             Feature::Ringbuf => "this kernel has no BPF ring buffer (BPF_MAP_TYPE_RINGBUF, Linux 5.8+), which closewait-trace needs",
             Feature::Stacks => "no BPF stack trace maps on this kernel: creation stacks are off",
             Feature::SyscallTracepoints => "no syscall tracepoints (syscalls/sys_exit_accept4): accepted sockets get no creation stack",
+            Feature::TaskRegs => "no bpf_task_pt_regs (Linux 5.15+): creation stacks miss the function that called connect() or accept() when the C library's wrapper sets up no frame",
             Feature::RecvTracepoint => "no sock:sock_recv_length tracepoint (Linux 6.2+): sockets whose application read EOF get no last_read stack",
         }
     }
@@ -78,6 +82,10 @@ impl Features {
             is_map_supported(MapType::StackTrace).unwrap_or(false)
                 && is_helper_supported(ProgramType::TracePoint, BpfHelper::BPF_FUNC_get_stackid)
                     .unwrap_or(false)
+        });
+        f.check(Feature::TaskRegs, || {
+            is_helper_supported(ProgramType::TracePoint, BpfHelper::BPF_FUNC_task_pt_regs)
+                .unwrap_or(false)
         });
         f
     }

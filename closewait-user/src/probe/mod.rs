@@ -143,8 +143,9 @@ pub struct Kernel {
     /// armed: an enabled syscall tracepoint slows every syscall on the host.
     accept_ready: bool,
     /// The EOF-read recorder, loaded with the BTF program, attached by
-    /// [`Kernel::arm_eof_reads`].
+    /// [`Kernel::arm_eof_reads`]; or why it could not be loaded.
     eof_ready: bool,
+    eof_missing: Option<String>,
     ebpf: Ebpf,
 }
 
@@ -164,6 +165,15 @@ impl Probe {
         }
         if opts.stacks && features.pretends(Feature::SyscallTracepoints) {
             say(Feature::SyscallTracepoints);
+        }
+        if !features.has(Feature::TaskRegs) {
+            if opts.stacks {
+                say(Feature::TaskRegs);
+            }
+            // From here on `without` is what the loaders leave out.
+            if !opts.without.contains(&Feature::TaskRegs) {
+                opts.without.push(Feature::TaskRegs);
+            }
         }
         let opts = &opts;
         let btf_ready = [Feature::Btf, Feature::TpBtf, Feature::SocketCookie]
@@ -213,7 +223,10 @@ impl Probe {
         let vmlinux = kernel_btf::open(Path::new(VMLINUX_BTF))?;
         let offsets = kernel_btf::sock_offsets(&vmlinux)?;
         // The user stack pointer, for the caller a frame-pointer walk skips.
-        let regs_sp = kernel_btf::regs_sp_offset(&vmlinux);
+        // Without the helper the offset stays unset: the program's branch
+        // that calls it is then dead code, which the verifier never checks.
+        let regs_sp = kernel_btf::regs_sp_offset(&vmlinux)
+            .filter(|_| !opts.without.contains(&Feature::TaskRegs));
         drop(vmlinux);
         let stacks = opts.stacks && mode == AttachMode::TpBtf;
         let accept_ret = if stacks {
@@ -236,9 +249,10 @@ impl Probe {
         prog.attach()
             .context("attaching to the BTF tracepoint inet_sock_set_state")?;
         let prog_fd = prog.fd()?.try_clone()?;
-        let eof_ready = stacks && load_eof_reads(&mut ebpf, &btf, opts);
+        let eof = stacks.then(|| load_eof_reads(&mut ebpf, &btf, opts));
         let mut probe = Self::finish(ebpf, mode, prog_fd, stacks, accept_ret.is_some())?;
-        probe.kernel.eof_ready = eof_ready;
+        probe.kernel.eof_ready = eof.clone().is_some_and(|r| r.is_ok());
+        probe.kernel.eof_missing = eof.and_then(Result::err);
         Ok(probe)
     }
 
@@ -308,6 +322,7 @@ impl Probe {
                 stacks_armed,
                 accept_ready: accept_ready && stacks,
                 eof_ready: false,
+                eof_missing: None,
                 ebpf,
             },
         })
@@ -333,6 +348,9 @@ impl Kernel {
     /// agent arms it only once a socket is found that read EOF and was not
     /// closed. False where the kernel cannot.
     pub fn arm_eof_reads(&mut self) -> bool {
+        if let Some(why) = self.eof_missing.take() {
+            eprintln!("closewait-trace: {why}");
+        }
         std::mem::take(&mut self.eof_ready) && attach_eof_reads(&mut self.ebpf)
     }
 
@@ -401,12 +419,12 @@ fn accept_ret_offset(opts: &LoadOptions) -> Option<u32> {
 
 /// Attach the accept() stack recorder to sys_exit_accept4 and sys_exit_accept.
 /// Best effort: without it accepted sockets are reported without a stack.
-/// Load (not attach) the EOF-read recorder on `sock:sock_recv_length`;
-/// false, said in one line, where the kernel has no such tracepoint.
-fn load_eof_reads(ebpf: &mut Ebpf, btf: &Btf, opts: &LoadOptions) -> bool {
+/// Load (not attach) the EOF-read recorder on `sock:sock_recv_length`: Ok,
+/// or why not (the kernel has no such tracepoint), which is said only when
+/// the recorder would be armed.
+fn load_eof_reads(ebpf: &mut Ebpf, btf: &Btf, opts: &LoadOptions) -> Result<(), String> {
     if opts.without.contains(&Feature::RecvTracepoint) {
-        say(Feature::RecvTracepoint);
-        return false;
+        return Err(Feature::RecvTracepoint.missing_line().to_string());
     }
     let result = (|| -> anyhow::Result<()> {
         let prog: &mut BtfTracePoint = program(ebpf, "sock_recv_length")?;
@@ -414,16 +432,7 @@ fn load_eof_reads(ebpf: &mut Ebpf, btf: &Btf, opts: &LoadOptions) -> bool {
             .map_err(|e| load_error(e, "the EOF-read recorder"))?;
         Ok(())
     })();
-    match result {
-        Ok(()) => true,
-        Err(err) => {
-            eprintln!(
-                "closewait-trace: {} ({err:#})",
-                Feature::RecvTracepoint.missing_line()
-            );
-            false
-        }
-    }
+    result.map_err(|err| format!("{} ({err:#})", Feature::RecvTracepoint.missing_line()))
 }
 
 /// Attach the loaded EOF-read recorder. Best effort, like the accept one.
