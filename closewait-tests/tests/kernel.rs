@@ -639,12 +639,10 @@ fn outgoing_leak(which: &str, addr: IpAddr) -> serde_json::Value {
 /// report's stack symbols.
 fn direct_leak(which: &str, mode: &str, extra: &[&str]) -> Vec<String> {
     let ns = NetNs::new("stk-direct");
-    // The default mode: the first socket leaked after start has its stack.
+    // `--stacks on`: the first socket leaked after start has its stack.
     let tracer_on = |port: u16| {
         let port = port.to_string();
-        let tracer = Tracer::start(&["--threshold", "300ms", "--port", &port]);
-        assert_eq!(tracer.seen()[0]["stacks"], "on");
-        tracer
+        Tracer::start(&["--threshold", "300ms", "--stacks", "on", "--port", &port])
     };
     let (mut leaker, mut tracer) = if mode == "connect" {
         let listener = ns.listen(localhost4());
@@ -716,6 +714,8 @@ fn missing_task_regs_keeps_stacks_without_the_wrappers_caller() {
     let mut tracer = Tracer::start(&[
         "--threshold",
         "300ms",
+        "--stacks",
+        "on",
         "--port",
         &port,
         "--without",
@@ -809,10 +809,12 @@ fn the_read_that_returned_eof_is_last_read_after_the_first_such_leak() {
 
 #[test]
 fn jit_code_named_in_a_perf_map_is_in_the_stack() {
+    // The JIT code calls connect() without a frame of its own and so does
+    // the wrapper: the JIT frame is the one put back (its C caller, frameless
+    // for the walk too, is not: see enrich/caller.rs).
     let syms = direct_leak("direct", "connect", &["--jit"]);
     assert!(has(&syms, "jit_open_pool_connection"), "{syms:?}");
-    assert!(has(&syms, "open_pool_connection_jit"), "{syms:?}");
-    assert!(has(&syms, "main"), "{syms:?}");
+    assert!(has(&syms, "leak") && has(&syms, "main"), "{syms:?}");
 }
 
 // The Rust leakers: with frame pointers the stack reaches the known

@@ -8,8 +8,8 @@
 //! a few words above the stack pointer; the kernel program copies those
 //! words with the creation record. Here each word is checked in the
 //! creator's address space (an address in an executable mapping, right after
-//! a call instruction); those that pass, up to the walk's own next frame,
-//! go in after the first frame.
+//! a call instruction) and the first that passes, when the walk does not
+//! have it already, becomes the second frame.
 
 use std::{collections::HashMap, fs::File, os::unix::fs::FileExt};
 
@@ -39,25 +39,25 @@ impl Callers {
     }
 }
 
-/// The pure part: the words that `is_return` accepts, in stack order, go
-/// after the first frame, up to the walk's own next frame (code with no
-/// frame of its own calling the wrapper, JIT code for one, can hide more
-/// than one caller).
+/// The pure part: the first word that `is_return` accepts goes after the
+/// first frame, unless the walk has it already.
+///
+/// Only the first: the wrapper's own frame is small and holds no code
+/// addresses, so the first return address above the stack pointer is the
+/// one into its caller; the words after it are that caller's locals, where
+/// stale return addresses of calls made earlier (seen: a return into a
+/// parser called before connect()) pass every check but are not frames.
+/// Code without a frame of its own that calls the wrapper through another
+/// frameless function (JIT code called from C, say) loses the second one.
 pub fn restore(ips: &[u64], words: &[u64], is_return: impl Fn(u64) -> bool) -> Vec<u64> {
     let mut out = ips.to_vec();
     if ips.is_empty() {
         return out;
     }
-    let mut found: Vec<u64> = Vec::new();
-    for &w in words {
-        if Some(&w) == ips.get(1) {
-            break;
-        }
-        if w != 0 && !ips.contains(&w) && !found.contains(&w) && is_return(w) {
-            found.push(w);
-        }
+    let found = words.iter().copied().find(|&w| w != 0 && is_return(w));
+    if let Some(caller) = found.filter(|c| !ips.contains(c)) {
+        out.insert(1, caller);
     }
-    out.splice(1..1, found);
     out
 }
 
@@ -195,12 +195,12 @@ mod tests {
             restore(&[0x100, 0x5555, 0x9999], &words, is_return),
             [0x100, 0x5555, 0x9999]
         );
-        // Two frameless callers (JIT code calling the wrapper): both, in
-        // order, up to where the walk goes on.
-        let words = [0x5555, 0x8, 0x7777, 0x9999, 0x4444];
+        // Later words are the caller's locals: a stale return address there
+        // is not a frame.
+        let words = [0x5555, 0x8, 0x7777, 0x9999];
         assert_eq!(
-            restore(&[0x100, 0x9999, 0xaaaa], &words, is_return),
-            [0x100, 0x5555, 0x7777, 0x9999, 0xaaaa]
+            restore(&[0x100, 0x9999], &words, is_return),
+            [0x100, 0x5555, 0x9999]
         );
         // Nothing readable, or nothing that passes: the walk as it was.
         assert_eq!(restore(&[0x100], &[0; 8], is_return), [0x100]);
