@@ -93,11 +93,20 @@ impl Bench {
             Config::NoTracer => bail!("no tracer to start"),
             Config::Empty => (self.trace.clone(), vec!["--json", "--attach", "empty"]),
             Config::Closewait => (self.trace.clone(), vec!["--json"]),
-            Config::ClosewaitNoStacks => (self.trace.clone(), vec!["--json", "--stacks", "off"]),
-            Config::ClosewaitEofReads => (self.trace.clone(), vec!["--json", "--arm-eof-reads"]),
+            Config::ClosewaitStacks => (self.trace.clone(), vec!["--json", "--stacks", "on"]),
+            Config::ClosewaitEofReads => (
+                self.trace.clone(),
+                vec!["--json", "--stacks", "on", "--arm-eof-reads"],
+            ),
             Config::ClosewaitNoAccept => (
                 self.trace.clone(),
-                vec!["--json", "--without", "syscall-tracepoints"],
+                vec![
+                    "--json",
+                    "--stacks",
+                    "on",
+                    "--without",
+                    "syscall-tracepoints",
+                ],
             ),
             Config::Tcpstates => (peer(config)?, vec![]),
             Config::Bpftrace => (peer(config)?, vec!["-e", BPFTRACE_PROGRAM]),

@@ -101,14 +101,15 @@ impl Plan {
 pub(super) enum Config {
     NoTracer,
     Empty,
-    /// closewait-trace's default mode (creation stacks on).
+    /// closewait-trace's default mode (`--stacks auto`: no capture while
+    /// nothing is stuck, as under churn).
     Closewait,
-    /// `--stacks off`: what capturing stacks costs, next to the default.
-    ClosewaitNoStacks,
-    /// Stacks of connect() only (`--without syscall-tracepoints`): what the
-    /// accept() recorder's syscall tracepoints cost.
+    /// `--stacks on`: creation stacks of every connect() and accept().
+    ClosewaitStacks,
+    /// `--stacks on` for connect() only (`--without syscall-tracepoints`):
+    /// what the accept() recorder and its syscall tracepoints cost.
     ClosewaitNoAccept,
-    /// The default with the EOF-read recorder armed from the start (hidden
+    /// `--stacks on` with the EOF-read recorder armed from the start (hidden
     /// `--arm-eof-reads`): what it costs each recv(). Recv-heavy load only.
     ClosewaitEofReads,
     Tcpstates,
@@ -120,7 +121,7 @@ impl Config {
         Config::NoTracer,
         Config::Empty,
         Config::Closewait,
-        Config::ClosewaitNoStacks,
+        Config::ClosewaitStacks,
         Config::ClosewaitNoAccept,
         Config::Tcpstates,
         Config::Bpftrace,
@@ -128,7 +129,7 @@ impl Config {
     pub(super) const TRACERS: [Config; 6] = [
         Config::Empty,
         Config::Closewait,
-        Config::ClosewaitNoStacks,
+        Config::ClosewaitStacks,
         Config::ClosewaitNoAccept,
         Config::Tcpstates,
         Config::Bpftrace,
@@ -139,7 +140,7 @@ impl Config {
             Config::NoTracer => "none",
             Config::Empty => "empty",
             Config::Closewait => "closewait",
-            Config::ClosewaitNoStacks => "closewait-nostacks",
+            Config::ClosewaitStacks => "closewait-stacks",
             Config::ClosewaitNoAccept => "closewait-noaccept",
             Config::ClosewaitEofReads => "closewait-eofreads",
             Config::Tcpstates => "tcpstates",
@@ -152,7 +153,7 @@ impl Config {
         matches!(
             self,
             Config::Closewait
-                | Config::ClosewaitNoStacks
+                | Config::ClosewaitStacks
                 | Config::ClosewaitNoAccept
                 | Config::ClosewaitEofReads
         )

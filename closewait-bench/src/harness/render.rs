@@ -348,10 +348,11 @@ fn render_startup(out: &mut String, startup: &Startup) {
 fn render_recv(out: &mut String, rounds: &[Round]) {
     out.push_str(
         "`churn --recv`: one loopback connection, one recv() per 64-byte message, next to \
-         closewait-trace with stacks off, in its default mode, and with the EOF-read recorder \
-         on `sock:sock_recv_length` armed from the start (it runs at every recv() on the host; \
-         the default arms it at the first socket that read EOF and was not closed); reads per \
-         second relative to `none` in the same round, and paired per round.\n\n\
+         closewait-trace in its default mode, with `--stacks on`, and with `--stacks on` and \
+         the EOF-read recorder on `sock:sock_recv_length` armed from the start (it runs at \
+         every recv() on the host; otherwise it is armed at the first socket that read EOF \
+         and was not closed); reads per second relative to `none` in the same round, and \
+         paired per round.\n\n\
          | config | rate / none: median (min–max) | median reads/s |\n| --- | --- | --- |\n",
     );
     for config in RECV_CONFIGS {
@@ -363,9 +364,9 @@ fn render_recv(out: &mut String, rounds: &[Round]) {
     let pair = |c, base| Spread::of(paired(rounds, c, base)).map_or("—".into(), |s| s.show(pct));
     let _ = writeln!(
         out,
-        "\nPaired per round: closewait / closewait-nostacks {}, closewait-eofreads / closewait {}",
-        pair(Config::Closewait, Config::ClosewaitNoStacks),
-        pair(Config::ClosewaitEofReads, Config::Closewait),
+        "\nPaired per round: closewait-stacks / closewait {}, closewait-eofreads / closewait-stacks {}",
+        pair(Config::ClosewaitStacks, Config::Closewait),
+        pair(Config::ClosewaitEofReads, Config::ClosewaitStacks),
     );
 }
 

@@ -19,8 +19,8 @@ use super::{
 /// What runs next to the recv-heavy load.
 pub(super) const RECV_CONFIGS: [Config; 4] = [
     Config::NoTracer,
-    Config::ClosewaitNoStacks,
     Config::Closewait,
+    Config::ClosewaitStacks,
     Config::ClosewaitEofReads,
 ];
 
@@ -176,7 +176,7 @@ impl Bench {
     }
 
     /// Step 7: a recv-heavy load (one recv() per 64-byte message) next to
-    /// closewait-trace without stacks, by default, and with the EOF-read
+    /// closewait-trace by default, with stacks on, and with the EOF-read
     /// recorder on `sock:sock_recv_length` armed: what it costs every read.
     fn recv_heavy(&mut self) -> Result<Vec<Round>> {
         let load = ["--recv".to_owned(), self.plan.load()];
