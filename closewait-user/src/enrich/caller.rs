@@ -103,14 +103,8 @@ struct Code {
 
 impl Code {
     fn of(pid: u32) -> Option<Code> {
-        let process = procfs::process::Process::new(pid as i32).ok()?;
-        let maps = process.maps().ok()?;
-        let exec = procfs::process::MMPermissions::EXECUTE;
-        let ranges = maps
-            .iter()
-            .filter(|m| m.perms.contains(exec))
-            .map(|m| m.address)
-            .collect();
+        // procfs's maps parser fails the whole file on one non-UTF-8 path.
+        let ranges = super::stacks::executable_ranges(pid)?;
         let mem = File::open(format!("/proc/{pid}/mem")).ok()?;
         Some(Code { ranges, mem })
     }

@@ -699,6 +699,18 @@ impl Mapping {
 
 /// procfs is not used here: it reads maps line by line as UTF-8 and fails the
 /// whole file on one mapped path that is not, which a traced program controls.
+/// The executable ranges of process `pid` (start, end), from the same
+/// tolerant /proc/PID/maps reader the symbolizer uses.
+pub(super) fn executable_ranges(pid: u32) -> Option<Vec<(u64, u64)>> {
+    let maps = read_maps(pid)?;
+    Some(
+        maps.iter()
+            .filter(|m| m.executable)
+            .map(|m| (m.start, m.end))
+            .collect(),
+    )
+}
+
 fn read_maps(pid: u32) -> Option<Vec<Mapping>> {
     let data = std::fs::read(format!("/proc/{pid}/maps")).ok()?;
     Some(parse_maps(&String::from_utf8_lossy(&data)))
