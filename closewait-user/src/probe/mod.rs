@@ -142,10 +142,9 @@ pub struct Kernel {
     /// The accept() recorder is loaded lazily and attached when stacks are
     /// armed: an enabled syscall tracepoint slows every syscall on the host.
     accept_ready: bool,
-    /// The EOF-read recorder, loaded with the BTF program, attached by
-    /// [`Kernel::arm_eof_reads`]; or why it could not be loaded.
-    eof_ready: bool,
-    eof_missing: Option<String>,
+    /// The EOF-read recorder: loaded with the BTF program (`Ok`), or why it
+    /// could not be (`Err`); taken by [`Kernel::arm_eof_reads`].
+    eof_reads: Option<Result<(), String>>,
     ebpf: Ebpf,
 }
 
@@ -251,8 +250,7 @@ impl Probe {
         let prog_fd = prog.fd()?.try_clone()?;
         let eof = stacks.then(|| load_eof_reads(&mut ebpf, &btf, opts));
         let mut probe = Self::finish(ebpf, mode, prog_fd, stacks, accept_ret.is_some())?;
-        probe.kernel.eof_ready = eof.clone().is_some_and(|r| r.is_ok());
-        probe.kernel.eof_missing = eof.and_then(Result::err);
+        probe.kernel.eof_reads = eof;
         Ok(probe)
     }
 
@@ -321,8 +319,7 @@ impl Probe {
                 prog_fd,
                 stacks_armed,
                 accept_ready: accept_ready && stacks,
-                eof_ready: false,
-                eof_missing: None,
+                eof_reads: None,
                 ebpf,
             },
         })
@@ -348,10 +345,14 @@ impl Kernel {
     /// agent arms it only once a socket is found that read EOF and was not
     /// closed. False where the kernel cannot.
     pub fn arm_eof_reads(&mut self) -> bool {
-        if let Some(why) = self.eof_missing.take() {
-            eprintln!("closewait-trace: {why}");
+        match self.eof_reads.take() {
+            Some(Ok(())) => attach_eof_reads(&mut self.ebpf),
+            Some(Err(why)) => {
+                eprintln!("closewait-trace: {why}");
+                false
+            }
+            None => false,
         }
-        std::mem::take(&mut self.eof_ready) && attach_eof_reads(&mut self.ebpf)
     }
 
     /// Current totals of everything the kernel dropped.
