@@ -283,6 +283,13 @@ pub struct Config {
     /// pointer is in the task's saved user registers. `NO_OFFSET`: the
     /// words at the user stack pointer are not read.
     pub regs_sp: u32,
+    /// Offsets of `ip` and `bp` in `struct pt_regs`: the registers the
+    /// agent's unwinder starts from.
+    pub regs_ip: u32,
+    pub regs_bp: u32,
+    /// Slots of `STACK_COPIES` per CPU, a power of two; 0: no copies of the
+    /// user stack (code without frame pointers gets a stack cut short).
+    pub copy_slots_per_cpu: u32,
 }
 
 impl Config {
@@ -293,6 +300,9 @@ impl Config {
         stacks: 0,
         accept_ret: NO_OFFSET,
         regs_sp: NO_OFFSET,
+        regs_ip: NO_OFFSET,
+        regs_bp: NO_OFFSET,
+        copy_slots_per_cpu: 0,
     };
 
     /// Whether an event with these ports passes the port filter.
@@ -341,6 +351,48 @@ pub struct Creation {
     /// connect(), accept()) leaves the return address into its caller among
     /// them, which a frame-pointer walk skips; the agent finds it.
     pub stack_words: [u64; STACK_WORDS],
+    /// 1 + the index in `STACK_COPIES` of a copy of the top of the user
+    /// stack, taken for code without frame pointers; 0: none.
+    pub copy_slot: u32,
+    pub _pad: u32,
+}
+
+/// Bytes of user stack copied for the agent's unwinder (from the stack
+/// pointer up), for code without frame pointers.
+pub const STACK_COPY_BYTES: usize = 4096;
+
+/// A copy of the top of a user stack with the registers an unwinder starts
+/// from, in a slot of `STACK_COPIES` (a ring per CPU: a later copy on the
+/// same CPU reuses the slot, which `ts_ns` tells).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackCopy {
+    /// The `ts_ns` of the record this copy belongs to.
+    pub ts_ns: u64,
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    pub tgid: u32,
+    /// Bytes of `bytes` that hold the stack (the copy stops at the end of
+    /// the stack's mapping).
+    pub len: u32,
+    pub bytes: [u8; STACK_COPY_BYTES],
+}
+
+/// Slots in `STACK_COPIES` in all, spread over the CPUs (at least
+/// [`MIN_COPY_SLOTS_PER_CPU`] each): ~4 MiB of kernel memory.
+pub const COPY_SLOTS: u32 = 1024;
+pub const MIN_COPY_SLOTS_PER_CPU: u32 = 16;
+
+/// Slots per CPU for `cpus` possible CPUs: a power of two.
+pub fn copy_slots_per_cpu(cpus: u32) -> u32 {
+    let share = COPY_SLOTS / cpus.max(1);
+    let pow2 = if share == 0 {
+        1
+    } else {
+        1 << (31 - share.leading_zeros())
+    };
+    pow2.max(MIN_COPY_SLOTS_PER_CPU)
 }
 
 /// Words read at the user stack pointer: glibc's wrappers keep the return
@@ -360,6 +412,7 @@ mod pod {
     unsafe impl aya::Pod for super::TpOffsets {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Creation {}
+    unsafe impl aya::Pod for super::StackCopy {}
 }
 
 #[cfg(test)]
@@ -433,6 +486,18 @@ mod tests {
         assert!(!cfg.port_matches(5000, 5001));
         // Unused slots (0) must not match port 0.
         assert!(!cfg.port_matches(0, 5001));
+    }
+
+    #[test]
+    fn copy_slots_are_a_power_of_two_spread_over_the_cpus() {
+        assert_eq!(copy_slots_per_cpu(1), COPY_SLOTS);
+        assert_eq!(copy_slots_per_cpu(2), COPY_SLOTS / 2);
+        assert_eq!(copy_slots_per_cpu(3), 256);
+        assert_eq!(copy_slots_per_cpu(0), COPY_SLOTS);
+        assert_eq!(copy_slots_per_cpu(4096), MIN_COPY_SLOTS_PER_CPU);
+        for cpus in 1..300 {
+            assert!(copy_slots_per_cpu(cpus).is_power_of_two());
+        }
     }
 
     #[test]

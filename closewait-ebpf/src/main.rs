@@ -16,9 +16,9 @@ use aya_ebpf::{
     },
     cty::c_void,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_socket_cookie,
-        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
-        bpf_probe_read_user_buf, bpf_task_pt_regs,
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_smp_processor_id,
+        bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+        bpf_probe_read_user, bpf_probe_read_user_buf, bpf_task_pt_regs,
     },
     macros::{btf_tracepoint, map, tracepoint},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf, StackTrace},
@@ -27,8 +27,8 @@ use aya_ebpf::{
 use closewait_common::{
     accept_key, counter,
     tcp_state::{CLOSE, CLOSE_WAIT, SYN_SENT},
-    Config, Creation, CreationKind, SockOffsets, StateEvent, TpOffsets, AF_INET, AF_INET6,
-    COMMON_WINDOW, IPPROTO_TCP, NO_OFFSET, STACK_WORDS,
+    Config, Creation, CreationKind, SockOffsets, StackCopy, StateEvent, TpOffsets, AF_INET,
+    AF_INET6, COMMON_WINDOW, IPPROTO_TCP, NO_OFFSET, STACK_COPY_BYTES, STACK_WORDS,
 };
 
 /// Events to the agent. The loader sets the real size (`--ring-buffer-size`).
@@ -48,6 +48,27 @@ static STACKS: StackTrace = StackTrace::with_max_entries(4096, 0);
 /// nothing for the stack walks.
 #[map]
 static STACKS_ARMED: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Copies of the top of the user stack for code without frame pointers, a
+/// ring of `copy_slots_per_cpu` slots per CPU (the loader sizes it). A slot
+/// is written in place: no hashing, no second copy.
+#[map]
+static STACK_COPIES: Array<StackCopy> = Array::with_max_entries(1, 0);
+
+/// The next slot of each CPU's ring.
+#[map]
+static COPY_NEXT: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Processes the agent found without frame pointers (a stack cut short)
+/// although their frame pointer looked valid at the syscall: copy theirs
+/// too.
+#[map]
+static NOFP_TGIDS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(4096, 0);
+
+/// Slot 0 non-zero: `NOFP_TGIDS` has entries (until then the kernel does
+/// not look there).
+#[map]
+static NOFP_ON: Array<u32> = Array::with_max_entries(1, 0);
 
 /// connect() creation records, by socket cookie.
 #[map]
@@ -281,7 +302,7 @@ fn record_eof_read(ctx: &BtfTracePointContext) -> Result<(), ()> {
 
 #[inline(always)]
 fn stacks_armed() -> bool {
-    config().stacks != 0 && STACKS_ARMED.get(0).is_some_and(|armed| *armed != 0)
+    config().stacks != 0 && STACKS_ARMED.get(0).is_some_and(|on| *on != 0)
 }
 
 #[inline(always)]
@@ -293,37 +314,129 @@ fn creation<C: StackIdContext>(ctx: &C, kind: CreationKind) -> Creation {
             err as i64
         }
     };
-    Creation {
+    let mut record = Creation {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         user_stack_id,
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
         kind: kind as u32,
-        stack_words: stack_words(),
-    }
+        stack_words: [0; STACK_WORDS],
+        copy_slot: 0,
+        _pad: 0,
+    };
+    user_stack(&mut record);
+    record
 }
 
-/// The words at the user stack pointer, from the task's saved user
-/// registers (we run inside the syscall). Zeros where unreadable.
+/// From the task's saved user registers (we run inside the syscall): the
+/// words at the user stack pointer, and for code without frame pointers a
+/// copy of the top of the stack for the agent's unwinder.
 #[inline(always)]
-fn stack_words() -> [u64; STACK_WORDS] {
-    let mut words = [0u64; STACK_WORDS];
-    let regs_sp = config().regs_sp;
-    if regs_sp == NO_OFFSET {
-        return words;
+fn user_stack(record: &mut Creation) {
+    let cfg = config();
+    if cfg.regs_sp == NO_OFFSET {
+        return;
     }
     // SAFETY: helpers; the pt_regs pointer is only read through
     // bpf_probe_read_kernel, the user stack through bpf_probe_read_user.
-    unsafe {
-        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
-        let Ok(sp) = read::<u64>(regs, regs_sp) else {
-            return words;
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
+    let Ok(sp) = read::<u64>(regs, cfg.regs_sp) else {
+        return;
+    };
+    // SAFETY: the array is plain data; a failed read is zeroed again.
+    let words = unsafe { &mut *(record.stack_words.as_mut_ptr() as *mut [u8; 8 * STACK_WORDS]) };
+    if unsafe { bpf_probe_read_user_buf(sp as *const u8, words) }.is_err() {
+        record.stack_words = [0; STACK_WORDS];
+    }
+    if cfg.copy_slots_per_cpu == 0 || cfg.regs_bp == NO_OFFSET || cfg.regs_ip == NO_OFFSET {
+        return;
+    }
+    let Ok(bp) = read::<u64>(regs, cfg.regs_bp) else {
+        return;
+    };
+    if frame_chain_plausible(sp, bp) && !flagged_nofp(record.tgid) {
+        return;
+    }
+    let Ok(ip) = read::<u64>(regs, cfg.regs_ip) else {
+        return;
+    };
+    copy_stack(record, &cfg, ip, sp, bp);
+}
+
+/// With frame pointers, `bp` at the syscall is the frame of the code that
+/// called the C library's wrapper, a little above `sp`, and the frame it
+/// saved is further up (or 0, the end of the chain). Code built without
+/// them uses the register for anything; precompiled code with frame
+/// pointers (Rust's std) called from code without has a valid first frame
+/// whose saved one is not, hence the second test.
+#[inline(always)]
+fn frame_chain_plausible(sp: u64, bp: u64) -> bool {
+    let above = |low: u64, high: u64| high > low && high - low < (1 << 20) && high & 7 == 0;
+    if !above(sp, bp) {
+        return false;
+    }
+    // SAFETY: bpf_probe_read_user copes with any address.
+    match unsafe { bpf_probe_read_user(bp as *const u64) } {
+        Ok(saved) => saved == 0 || above(bp, saved),
+        Err(_) => false,
+    }
+}
+
+#[inline(always)]
+fn flagged_nofp(tgid: u32) -> bool {
+    NOFP_ON.get(0).is_some_and(|on| *on != 0)
+        // SAFETY: only tested for presence.
+        && unsafe { NOFP_TGIDS.get(&tgid) }.is_some()
+}
+
+/// Copy the top of the user stack into this CPU's next slot, in place.
+#[inline(always)]
+fn copy_stack(record: &mut Creation, cfg: &Config, ip: u64, sp: u64, bp: u64) {
+    let per_cpu = cfg.copy_slots_per_cpu;
+    let Some(next) = COPY_NEXT.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's own counter.
+    let n = unsafe {
+        let n = *next;
+        *next = n.wrapping_add(1);
+        n
+    };
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let index = cpu
+        .wrapping_mul(per_cpu)
+        .wrapping_add(n & per_cpu.wrapping_sub(1));
+    let Some(slot) = STACK_COPIES.get_ptr_mut(index) else {
+        bump(counter::STACK_FAILED);
+        return;
+    };
+    // SAFETY: a slot of a map of plain data, written in place.
+    let slot = unsafe { &mut *slot };
+    slot.ts_ns = record.ts_ns;
+    slot.tgid = record.tgid;
+    slot.ip = ip;
+    slot.sp = sp;
+    slot.bp = bp;
+    slot.len = 0;
+    // The whole window or, near the top of the stack's mapping (the next
+    // page not mapped), the rest of the stack pointer's page.
+    let mut len = STACK_COPY_BYTES as u32;
+    // SAFETY: bpf_probe_read_user copes with any address.
+    if unsafe { bpf_probe_read_user_buf(sp as *const u8, &mut slot.bytes) }.is_err() {
+        len = (4096 - (sp & 4095) as u32) & (STACK_COPY_BYTES as u32 - 1);
+        if len == 0 {
+            bump(counter::STACK_FAILED);
+            return;
+        }
+        let Some(part) = slot.bytes.get_mut(..len as usize) else {
+            return;
         };
-        let bytes = &mut *(words.as_mut_ptr() as *mut [u8; 8 * STACK_WORDS]);
-        if bpf_probe_read_user_buf(sp as *const u8, bytes).is_err() {
-            words = [0; STACK_WORDS];
+        if unsafe { bpf_probe_read_user_buf(sp as *const u8, part) }.is_err() {
+            bump(counter::STACK_FAILED);
+            return;
         }
     }
-    words
+    slot.len = len;
+    record.copy_slot = index.wrapping_add(1);
 }
 
 /// The benchmark floor: the same hook, no work. Loaded only by

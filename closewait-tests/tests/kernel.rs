@@ -736,17 +736,50 @@ fn missing_task_regs_keeps_stacks_without_the_wrappers_caller() {
     );
 }
 
+/// Code without frame pointers: the kernel copies the top of the stack and
+/// the agent unwinds it with the binaries' .eh_frame, so the first socket
+/// leaked has the whole stack, in the main thread and in another.
 #[test]
-fn the_caller_is_found_without_frame_pointers() {
-    for mode in ["connect", "accept"] {
-        let syms = direct_leak("direct-nofp", mode, &[]);
+fn code_without_frame_pointers_has_a_full_stack() {
+    for (mode, thread) in [("connect", false), ("accept", false), ("connect", true)] {
+        let extra: &[&str] = if thread { &["--thread"] } else { &[] };
+        let syms = direct_leak("direct-nofp", mode, extra);
         let leaker = if mode == "connect" {
             "open_pool_connection"
         } else {
             "handle_client"
         };
-        assert!(has(&syms, leaker), "{mode}: {syms:?}");
+        let root = if thread { "start_thread" } else { "main" };
+        assert!(has(&syms, leaker), "{mode} thread={thread}: {syms:?}");
+        assert!(has(&syms, root), "{mode} thread={thread}: {syms:?}");
     }
+}
+
+/// `--without stack-copy`: the frame-pointer walk alone, cut short, says so.
+#[test]
+fn without_stack_copies_code_without_frame_pointers_is_cut_short() {
+    let ns = NetNs::new("stk-nocopy");
+    let listener = ns.listen(localhost4());
+    let port = listener.local_addr().unwrap().port().to_string();
+    let mut tracer = Tracer::start(&[
+        "--threshold",
+        "300ms",
+        "--stacks",
+        "on",
+        "--port",
+        &port,
+        "--without",
+        "stack-copy",
+    ]);
+    let mut leaker =
+        support::Leaker::spawn(&ns, None, "direct-nofp", &["connect", "127.0.0.1", &port]);
+    drop(listener.accept().unwrap());
+    leaker.expect("ready");
+    let stuck = tracer.expect("stuck", 5 * S, |v| v["event"] == "stuck");
+    tracer.interrupt();
+    said_once(&tracer.stderr(), "no copies of the user stack");
+    assert_eq!(stuck["stack_truncated"], true, "{stuck}");
+    assert!(!has(&symbols(&stuck), "main"), "{stuck}");
 }
 
 /// The handler that read EOF and did not close: its read is `last_read`.
@@ -817,8 +850,8 @@ fn jit_code_named_in_a_perf_map_is_in_the_stack() {
     assert!(has(&syms, "leak") && has(&syms, "main"), "{syms:?}");
 }
 
-// The Rust leakers: with frame pointers the stack reaches the known
-// function and the entry point; without them the walk stops early and says so.
+// The Rust leakers: with frame pointers the walk reaches the known function
+// and the entry point; without them the kernel's copy of the stack does.
 
 #[test]
 fn rust_program_with_frame_pointers_has_a_full_stack() {
@@ -832,9 +865,15 @@ fn rust_program_with_frame_pointers_has_a_full_stack() {
 }
 
 #[test]
-fn rust_program_without_frame_pointers_is_marked_truncated() {
+fn rust_release_build_without_frame_pointers_has_a_full_stack() {
     let stuck = outgoing_leak("rs-nofp", IpAddr::V6(Ipv6Addr::LOCALHOST));
-    assert_eq!(stuck["stack_truncated"], true, "{stuck}");
+    let syms = symbols(&stuck);
+    assert!(
+        syms.iter().any(|s| s.ends_with("leak_outgoing_connection")),
+        "{syms:?}"
+    );
+    assert!(syms.iter().any(|s| s == "main"), "{syms:?}");
+    assert_eq!(stuck["stack_truncated"], false, "{syms:?}");
 }
 
 /// `--stacks auto`: no stack walks until something is stuck; then the next

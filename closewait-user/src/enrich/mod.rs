@@ -9,6 +9,7 @@ pub mod evidence;
 pub mod owner;
 pub mod perf_map;
 pub mod stacks;
+pub mod unwind;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -101,6 +102,7 @@ pub fn spawn(
                 owner_filter,
                 symbolizer: Symbolizer::new(),
                 callers: caller::Callers::default(),
+                unwinder: unwind::StackUnwinder::default(),
             };
             // Take whatever has queued up, resolve it as one batch (one /proc
             // walk), answer, repeat.
@@ -136,6 +138,7 @@ struct Resolver {
     owner_filter: OwnerFilter,
     symbolizer: Symbolizer,
     callers: caller::Callers,
+    unwinder: unwind::StackUnwinder,
 }
 
 impl Resolver {
@@ -267,7 +270,7 @@ impl Resolver {
     /// A record's user stack, symbolized, with the callers a frame-pointer
     /// walk skips put back.
     fn stack_of(&mut self, record: &Creation, owners: &[Owner]) -> Option<Stack> {
-        let creations = self.creations.as_ref()?;
+        let creations = self.creations.as_mut()?;
         let id = u32::try_from(record.user_stack_id).ok()?;
         let trace = creations.stacks.get(&id, 0).ok()?;
         let ips: Vec<u64> = trace.frames().iter().map(|f| f.ip).collect();
@@ -279,7 +282,43 @@ impl Resolver {
             .or(owners.first())
             .map_or(record.tgid, |o| o.pid);
         let ips = self.callers.with_caller(pid, &ips, &record.stack_words);
-        Some(self.symbolizer.symbolize(pid, &ips))
+        let walked = self.symbolizer.symbolize(pid, &ips);
+        if !walked.truncated {
+            return Some(walked);
+        }
+        // Cut short: code without frame pointers. Unwind the kernel's copy
+        // of the stack where there is one; otherwise ask for copies of this
+        // process's stacks from now on.
+        let copy = record
+            .copy_slot
+            .checked_sub(1)
+            .and_then(|slot| creations.copies.get(&slot, 0).ok())
+            .filter(|c| c.ts_ns == record.ts_ns && c.tgid == record.tgid);
+        let Some(copy) = copy else {
+            if record.copy_slot == 0 {
+                flag_nofp(creations, record.tgid);
+            }
+            return Some(walked);
+        };
+        let unwound = self
+            .unwinder
+            .unwind(pid, &copy)
+            .filter(|ips| ips.len() > 1)
+            .map(|ips| self.symbolizer.symbolize(pid, &ips));
+        match unwound {
+            Some(stack) if !stack.truncated || stack.frames.len() > walked.frames.len() => {
+                Some(stack)
+            }
+            _ => Some(walked),
+        }
+    }
+}
+
+/// Have the kernel copy the stacks of process `tgid`, whose frame pointer
+/// looked valid at the syscall but whose walk was cut short. Best effort.
+fn flag_nofp(creations: &mut Creations, tgid: u32) {
+    if creations.nofp_tgids.insert(tgid, 1, 0).is_ok() {
+        let _ = creations.nofp_on.set(0, 1, 0);
     }
 }
 

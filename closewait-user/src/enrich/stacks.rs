@@ -674,16 +674,18 @@ fn read_generation(pid: u32) -> Option<Generation> {
 
 /// One line of /proc/PID/maps.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Mapping {
-    start: u64,
-    end: u64,
-    executable: bool,
+pub(super) struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    /// File offset of `start`.
+    pub offset: u64,
+    pub executable: bool,
     /// The path name column ("" for anonymous memory), without " (deleted)".
-    path: String,
+    pub path: String,
 }
 
 impl Mapping {
-    fn is_file(&self) -> bool {
+    pub fn is_file(&self) -> bool {
         self.path.starts_with('/')
     }
 
@@ -711,7 +713,7 @@ pub(super) fn executable_ranges(pid: u32) -> Option<Vec<(u64, u64)>> {
     )
 }
 
-fn read_maps(pid: u32) -> Option<Vec<Mapping>> {
+pub(super) fn read_maps(pid: u32) -> Option<Vec<Mapping>> {
     let data = std::fs::read(format!("/proc/{pid}/maps")).ok()?;
     Some(parse_maps(&String::from_utf8_lossy(&data)))
 }
@@ -736,11 +738,13 @@ fn parse_maps_line(line: &str) -> Option<Mapping> {
     let start = u64::from_str_radix(start, 16).ok()?;
     let end = u64::from_str_radix(end, 16).ok()?;
     let executable = fields[1].as_bytes().get(2) == Some(&b'x');
+    let offset = u64::from_str_radix(fields[2], 16).ok()?;
     let path = rest.trim_start_matches(' ');
     let path = path.strip_suffix(" (deleted)").unwrap_or(path).to_string();
     Some(Mapping {
         start,
         end,
+        offset,
         executable,
         path,
     })

@@ -64,6 +64,15 @@ pub fn regs_sp_offset(btf: &Btf) -> Option<u32> {
     field_offset(btf, "pt_regs", "sp").ok()
 }
 
+/// Offsets of `ip` and `bp` in `struct pt_regs`, where the unwinder of a
+/// stack copy starts; `None` without them (no copies then).
+pub fn regs_ip_bp_offsets(btf: &Btf) -> Option<(u32, u32)> {
+    Some((
+        field_offset(btf, "pt_regs", "ip").ok()?,
+        field_offset(btf, "pt_regs", "bp").ok()?,
+    ))
+}
+
 /// Place the one-read window over the `sock_common` fields: the required
 /// ones must fit, the optional ones (IPv6 addresses, netns) are dropped if
 /// they do not.
@@ -233,5 +242,6 @@ mod tests {
         // x86_64's pt_regs: r15 ... orig_ax, ip, cs, flags, sp, ss.
         #[cfg(target_arch = "x86_64")]
         assert_eq!(regs_sp_offset(&btf), Some(19 * 8));
+        assert_eq!(regs_ip_bp_offsets(&btf), Some((16 * 8, 4 * 8)));
     }
 }

@@ -31,6 +31,9 @@ pub enum Feature {
     /// `bpf_task_pt_regs` (Linux 5.15+): the user stack pointer at the
     /// syscall, to find the caller a frame-pointer walk skips.
     TaskRegs,
+    /// Copies of the top of the user stack (with `bpf_task_pt_regs`) for
+    /// the agent's unwinder: full stacks of code without frame pointers.
+    StackCopy,
     /// The `sock:sock_recv_length` tracepoint (Linux 6.2+): the stack of the
     /// read that returned EOF on a socket in CLOSE_WAIT (`last_read`).
     RecvTracepoint,
@@ -48,6 +51,7 @@ impl Feature {
             Feature::Stacks => "no BPF stack trace maps on this kernel: creation stacks are off",
             Feature::SyscallTracepoints => "no syscall tracepoints (syscalls/sys_exit_accept4): accepted sockets get no creation stack",
             Feature::TaskRegs => "no bpf_task_pt_regs (Linux 5.15+): creation stacks miss the function that called connect() or accept() when the C library's wrapper sets up no frame",
+            Feature::StackCopy => "no copies of the user stack: code built without frame pointers gets a creation stack cut short",
             Feature::RecvTracepoint => "no sock:sock_recv_length tracepoint (Linux 6.2+): sockets whose application read EOF get no last_read stack",
         }
     }

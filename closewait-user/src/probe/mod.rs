@@ -16,7 +16,10 @@ use aya::{
     programs::{BtfTracePoint, ProgramError, ProgramFd, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
-use closewait_common::{counter, Config, Creation, TpOffsets, MAX_KERNEL_PORTS, NO_OFFSET};
+use closewait_common::{
+    copy_slots_per_cpu, counter, Config, Creation, StackCopy, TpOffsets, MAX_KERNEL_PORTS,
+    NO_OFFSET,
+};
 
 use self::{
     btf as kernel_btf,
@@ -130,6 +133,17 @@ pub struct Creations {
     pub accepts: HashMap<MapData, u64, Creation>,
     /// The first EOF read of sockets in CLOSE_WAIT, by socket cookie.
     pub eof_reads: HashMap<MapData, u64, Creation>,
+    /// Copies of the top of user stacks, by `Creation::copy_slot - 1`.
+    pub copies: Array<MapData, StackCopy>,
+    /// Processes to copy the stacks of, found without frame pointers, and
+    /// the switch that makes the kernel look there.
+    pub nofp_tgids: HashMap<MapData, u32, u32>,
+    pub nofp_on: Array<MapData, u32>,
+}
+
+/// CPUs the kernel may run programs on (the per-CPU rings).
+fn possible_cpus() -> u32 {
+    aya::util::nr_cpus().map_or(1, |n| n as u32)
 }
 
 /// The loaded kernel side: drop counters, the creation-stack switch, and the
@@ -173,6 +187,9 @@ impl Probe {
             if !opts.without.contains(&Feature::TaskRegs) {
                 opts.without.push(Feature::TaskRegs);
             }
+        }
+        if opts.stacks && features.pretends(Feature::StackCopy) {
+            say(Feature::StackCopy);
         }
         let opts = &opts;
         let btf_ready = [Feature::Btf, Feature::TpBtf, Feature::SocketCookie]
@@ -224,8 +241,13 @@ impl Probe {
         // The user stack pointer, for the caller a frame-pointer walk skips.
         // Without the helper the offset stays unset: the program's branch
         // that calls it is then dead code, which the verifier never checks.
-        let regs_sp = kernel_btf::regs_sp_offset(&vmlinux)
-            .filter(|_| !opts.without.contains(&Feature::TaskRegs));
+        let regs = kernel_btf::regs_sp_offset(&vmlinux)
+            .filter(|_| !opts.without.contains(&Feature::TaskRegs))
+            .map(|sp| UserRegs {
+                sp,
+                ip_bp: kernel_btf::regs_ip_bp_offsets(&vmlinux)
+                    .filter(|_| !opts.without.contains(&Feature::StackCopy)),
+            });
         drop(vmlinux);
         let stacks = opts.stacks && mode == AttachMode::TpBtf;
         let accept_ret = if stacks {
@@ -233,7 +255,7 @@ impl Probe {
         } else {
             None
         };
-        let mut ebpf = loader(opts, accept_ret, regs_sp)
+        let mut ebpf = loader(opts, accept_ret, regs)
             .override_global("SOCK_OFFSETS", &offsets, true)
             .load(OBJECT)
             .context("loading the kernel object")?;
@@ -306,6 +328,9 @@ impl Probe {
                 connects: HashMap::try_from(take("CONNECTS")?)?,
                 accepts: HashMap::try_from(take("ACCEPTS")?)?,
                 eof_reads: HashMap::try_from(take("EOF_READS")?)?,
+                copies: Array::try_from(take("STACK_COPIES")?)?,
+                nofp_tgids: HashMap::try_from(take("NOFP_TGIDS")?)?,
+                nofp_on: Array::try_from(take("NOFP_ON")?)?,
             })
         } else {
             None
@@ -373,11 +398,19 @@ fn say(feature: Feature) {
     eprintln!("closewait-trace: {}", feature.missing_line());
 }
 
+/// Where the user registers the kernel side reads are in `struct pt_regs`.
+#[derive(Clone, Copy, Debug)]
+struct UserRegs {
+    sp: u32,
+    /// `None`: no stack copies.
+    ip_bp: Option<(u32, u32)>,
+}
+
 /// The loader with the settings both attach modes share.
 fn loader(
     opts: &LoadOptions,
     accept_ret: Option<u32>,
-    regs_sp: Option<u32>,
+    regs: Option<UserRegs>,
 ) -> EbpfLoader<'static> {
     let mut config = Config::DEFAULT;
     if opts.ports.len() <= MAX_KERNEL_PORTS {
@@ -389,15 +422,25 @@ fn loader(
     if opts.stacks && opts.attach != Some(AttachMode::Empty) {
         config.stacks = 1;
         config.accept_ret = accept_ret.unwrap_or(NO_OFFSET);
-        config.regs_sp = regs_sp.unwrap_or(NO_OFFSET);
+        if let Some(regs) = regs {
+            config.regs_sp = regs.sp;
+            if let Some((ip, bp)) = regs.ip_bp {
+                config.regs_ip = ip;
+                config.regs_bp = bp;
+                config.copy_slots_per_cpu = copy_slots_per_cpu(possible_cpus());
+            }
+        }
     }
+    // One slot when there are no copies: the map's memory is preallocated.
+    let copy_slots = (config.copy_slots_per_cpu * possible_cpus()).max(1);
     let mut loader = EbpfLoader::new();
     // EbpfLoader borrows the value for its own lifetime; leak the few bytes
     // once so the loader can be returned.
     let config: &'static Config = Box::leak(Box::new(config));
     loader
         .override_global("CONFIG", config, true)
-        .map_max_entries("EVENTS", opts.ring_buffer_bytes);
+        .map_max_entries("EVENTS", opts.ring_buffer_bytes)
+        .map_max_entries("STACK_COPIES", copy_slots);
     loader
 }
 
