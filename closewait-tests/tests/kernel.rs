@@ -703,12 +703,10 @@ fn the_caller_is_found_in_a_second_thread_too() {
     }
 }
 
-/// Without bpf_task_pt_regs (Linux < 5.15, forced here) the program still
-/// loads (its branch that calls the helper is dead code) and stacks are the
-/// plain frame-pointer walk, which misses the wrapper's caller.
-#[test]
-fn missing_task_regs_keeps_stacks_without_the_wrappers_caller() {
-    let ns = NetNs::new("stk-noregs");
+/// A connect() leak by leaker `which` traced with `--without FEATURE`: the
+/// stuck event and the tracer's stderr.
+fn connect_leak_without(feature: &str, which: &str) -> (serde_json::Value, String) {
+    let ns = NetNs::new("stk-without");
     let listener = ns.listen(localhost4());
     let port = listener.local_addr().unwrap().port().to_string();
     let mut tracer = Tracer::start(&[
@@ -719,15 +717,24 @@ fn missing_task_regs_keeps_stacks_without_the_wrappers_caller() {
         "--port",
         &port,
         "--without",
-        "task-regs",
+        feature,
     ]);
     assert_eq!(tracer.seen()[0]["attach"], "tp_btf");
-    let mut leaker = support::Leaker::spawn(&ns, None, "direct", &["connect", "127.0.0.1", &port]);
+    let mut leaker = support::Leaker::spawn(&ns, None, which, &["connect", "127.0.0.1", &port]);
     drop(listener.accept().unwrap());
     leaker.expect("ready");
     let stuck = tracer.expect("stuck", 5 * S, |v| v["event"] == "stuck");
     tracer.interrupt();
-    said_once(&tracer.stderr(), "no bpf_task_pt_regs");
+    (stuck, tracer.stderr())
+}
+
+/// Without bpf_task_pt_regs (Linux < 5.15, forced here) the program still
+/// loads (its branch that calls the helper is dead code) and stacks are the
+/// plain frame-pointer walk, which misses the wrapper's caller.
+#[test]
+fn missing_task_regs_keeps_stacks_without_the_wrappers_caller() {
+    let (stuck, stderr) = connect_leak_without("task-regs", "direct");
+    said_once(&stderr, "no bpf_task_pt_regs");
     let syms = symbols(&stuck);
     assert!(has(&syms, "leak") && has(&syms, "main"), "{syms:?}");
     assert!(
@@ -758,26 +765,8 @@ fn code_without_frame_pointers_has_a_full_stack() {
 /// `--without stack-copy`: the frame-pointer walk alone, cut short, says so.
 #[test]
 fn without_stack_copies_code_without_frame_pointers_is_cut_short() {
-    let ns = NetNs::new("stk-nocopy");
-    let listener = ns.listen(localhost4());
-    let port = listener.local_addr().unwrap().port().to_string();
-    let mut tracer = Tracer::start(&[
-        "--threshold",
-        "300ms",
-        "--stacks",
-        "on",
-        "--port",
-        &port,
-        "--without",
-        "stack-copy",
-    ]);
-    let mut leaker =
-        support::Leaker::spawn(&ns, None, "direct-nofp", &["connect", "127.0.0.1", &port]);
-    drop(listener.accept().unwrap());
-    leaker.expect("ready");
-    let stuck = tracer.expect("stuck", 5 * S, |v| v["event"] == "stuck");
-    tracer.interrupt();
-    said_once(&tracer.stderr(), "no copies of the user stack");
+    let (stuck, stderr) = connect_leak_without("stack-copy", "direct-nofp");
+    said_once(&stderr, "no copies of the user stack");
     assert_eq!(stuck["stack_truncated"], true, "{stuck}");
     assert!(!has(&symbols(&stuck), "main"), "{stuck}");
 }
