@@ -165,8 +165,35 @@ pub mod counter {
     pub const READ_FAILED: u32 = 1;
     /// A creation stack could not be recorded (`bpf_get_stackid` failed).
     pub const STACK_FAILED: u32 = 2;
+    /// A connect() not recorded because this CPU had used its capture
+    /// budget (`armed::BUDGET`).
+    pub const OVER_BUDGET: u32 = 3;
     /// Number of counters.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+/// Values of `STACKS_ARMED` slot 0: what the kernel records now.
+pub mod armed {
+    /// Nothing.
+    pub const OFF: u32 = 0;
+    /// Every connect() and accept() (and EOF reads, once attached).
+    pub const FULL: u32 = 1;
+    /// connect() only, at most `Config::budget_per_window` a window of
+    /// `BUDGET_WINDOW_NS` on each CPU: a quiet service's first leak has its
+    /// stack, a connection flood costs what a clock read costs.
+    pub const BUDGET: u32 = 2;
+}
+
+/// Window of the capture budget.
+pub const BUDGET_WINDOW_NS: u64 = 100_000_000;
+
+/// This CPU's use of the capture budget in the current window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Budget {
+    pub window_start_ns: u64,
+    pub used: u32,
+    pub _pad: u32,
 }
 
 /// Marks an offset the kernel does not have (the field is skipped).
@@ -290,6 +317,9 @@ pub struct Config {
     /// Slots of `STACK_COPIES` per CPU, a power of two; 0: no copies of the
     /// user stack (code without frame pointers gets a stack cut short).
     pub copy_slots_per_cpu: u32,
+    /// Captures a CPU may take per `BUDGET_WINDOW_NS` while armed with
+    /// `armed::BUDGET`.
+    pub budget_per_window: u32,
 }
 
 impl Config {
@@ -303,6 +333,7 @@ impl Config {
         regs_ip: NO_OFFSET,
         regs_bp: NO_OFFSET,
         copy_slots_per_cpu: 0,
+        budget_per_window: 0,
     };
 
     /// Whether an event with these ports passes the port filter.

@@ -25,10 +25,11 @@ use aya_ebpf::{
     programs::{tracing::StackIdContext, BtfTracePointContext, TracePointContext},
 };
 use closewait_common::{
-    accept_key, counter,
+    accept_key, armed, counter,
     tcp_state::{CLOSE, CLOSE_WAIT, SYN_SENT},
-    Config, Creation, CreationKind, SockOffsets, StackCopy, StateEvent, TpOffsets, AF_INET,
-    AF_INET6, COMMON_WINDOW, IPPROTO_TCP, NO_OFFSET, STACK_COPY_BYTES, STACK_WORDS,
+    Budget, Config, Creation, CreationKind, SockOffsets, StackCopy, StateEvent, TpOffsets, AF_INET,
+    AF_INET6, BUDGET_WINDOW_NS, COMMON_WINDOW, IPPROTO_TCP, NO_OFFSET, STACK_COPY_BYTES,
+    STACK_WORDS,
 };
 
 /// Events to the agent. The loader sets the real size (`--ring-buffer-size`).
@@ -43,11 +44,15 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 #[map]
 static STACKS: StackTrace = StackTrace::with_max_entries(4096, 0);
 
-/// Slot 0 non-zero: record creation stacks now. The agent arms it at run
-/// time (at start, or once a socket is found stuck), so a healthy host pays
-/// nothing for the stack walks.
+/// Slot 0: what to record now (`closewait_common::armed`). The agent sets
+/// it at run time: `FULL` from the start (`--stacks on`) or once a socket is
+/// found stuck, `BUDGET` from the start in the default mode.
 #[map]
 static STACKS_ARMED: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Each CPU's use of the capture budget (`armed::BUDGET`).
+#[map]
+static BUDGET: PerCpuArray<Budget> = PerCpuArray::with_max_entries(1, 0);
 
 /// Copies of the top of the user stack for code without frame pointers, a
 /// ring of `copy_slots_per_cpu` slots per CPU (the loader sizes it). A slot
@@ -218,12 +223,17 @@ fn take<const N: usize>(window: &[u8; COMMON_WINDOW], i: usize) -> Result<[u8; N
 /// current task is the socket's creator and its user stack is the call site.
 #[inline(always)]
 fn record_connect(ctx: &BtfTracePointContext) -> Result<(), ()> {
-    if !stacks_armed() {
+    let level = armed_level();
+    if level == armed::OFF {
         return Ok(());
     }
     let sk: *const u8 = ctx.arg(0);
     let off = unsafe { read_volatile(&SOCK_OFFSETS) };
     if read::<u16>(sk, off.sk_protocol)? != IPPROTO_TCP {
+        return Ok(());
+    }
+    if level == armed::BUDGET && !take_budget() {
+        bump(counter::OVER_BUDGET);
         return Ok(());
     }
     // SAFETY: `sk` is the tracepoint's BTF-typed `struct sock *` argument.
@@ -301,8 +311,39 @@ fn record_eof_read(ctx: &BtfTracePointContext) -> Result<(), ()> {
 }
 
 #[inline(always)]
+fn armed_level() -> u32 {
+    if config().stacks == 0 {
+        return armed::OFF;
+    }
+    STACKS_ARMED.get(0).map_or(armed::OFF, |level| *level)
+}
+
+/// Every recorder: `FULL` only (the accept() and EOF-read recorders are
+/// attached only then, too).
+#[inline(always)]
 fn stacks_armed() -> bool {
-    config().stacks != 0 && STACKS_ARMED.get(0).is_some_and(|on| *on != 0)
+    armed_level() == armed::FULL
+}
+
+/// One capture out of this CPU's budget for the current window, if any is
+/// left: a fixed window, restarted by the first capture after it ends.
+#[inline(always)]
+fn take_budget() -> bool {
+    let Some(budget) = BUDGET.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's own slot; programs on one CPU do not nest here.
+    let budget = unsafe { &mut *budget };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.wrapping_sub(budget.window_start_ns) >= BUDGET_WINDOW_NS {
+        budget.window_start_ns = now;
+        budget.used = 0;
+    }
+    if budget.used >= config().budget_per_window {
+        return false;
+    }
+    budget.used += 1;
+    true
 }
 
 #[inline(always)]
@@ -405,8 +446,9 @@ fn copy_stack(record: &mut Creation, cfg: &Config, ip: u64, sp: u64, bp: u64) {
     let index = cpu
         .wrapping_mul(per_cpu)
         .wrapping_add(n & per_cpu.wrapping_sub(1));
+    // A failed copy bumps nothing: the frame-pointer stack is still there,
+    // and the agent marks it cut short.
     let Some(slot) = STACK_COPIES.get_ptr_mut(index) else {
-        bump(counter::STACK_FAILED);
         return;
     };
     // SAFETY: a slot of a map of plain data, written in place.
@@ -424,14 +466,12 @@ fn copy_stack(record: &mut Creation, cfg: &Config, ip: u64, sp: u64, bp: u64) {
     if unsafe { bpf_probe_read_user_buf(sp as *const u8, &mut slot.bytes) }.is_err() {
         len = (4096 - (sp & 4095) as u32) & (STACK_COPY_BYTES as u32 - 1);
         if len == 0 {
-            bump(counter::STACK_FAILED);
             return;
         }
         let Some(part) = slot.bytes.get_mut(..len as usize) else {
             return;
         };
         if unsafe { bpf_probe_read_user_buf(sp as *const u8, part) }.is_err() {
-            bump(counter::STACK_FAILED);
             return;
         }
     }

@@ -364,6 +364,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         ports: cli.ports.clone(),
         ring_buffer_bytes: cli.ring_buffer_size,
         stacks: stacks_mode != StacksMode::Off,
+        stack_budget: cli.stack_budget,
         without: cli.without.clone(),
     })?;
     let Probe {
@@ -379,6 +380,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         stacks_mode
     };
     let mut stacks_armed = stacks_mode == StacksMode::On && kernel.arm_stacks()?;
+    if stacks_mode == StacksMode::Auto {
+        kernel.arm_budget()?;
+    }
     let mut eof_armed = stacks_armed && cli.arm_eof_reads && kernel.arm_eof_reads();
     let owner_filter = OwnerFilter {
         pids: cli.pids.clone(),

@@ -47,13 +47,21 @@ pub struct Cli {
     #[arg(long = "comm", value_name = "NAME")]
     pub comms: Vec<String>,
 
-    /// Creation stacks: `auto` records them from the first sign of trouble
-    /// (a socket already in CLOSE_WAIT at start, or the first stuck one), at
-    /// no cost before; `on` from the start, so the first leaked socket has
-    /// its stack (costs every connect() and accept() about 2.5 us); `off`
+    /// Creation stacks: `auto` records connect() stacks from the start
+    /// within `--stack-budget`, so the first leaked outgoing socket has its
+    /// stack and a connection flood costs nothing measurable, and every
+    /// connect() and accept() from the first sign of trouble (a socket
+    /// already in CLOSE_WAIT at start, or the first stuck one); `on` every
+    /// connect() and accept() from the start (about 2.5 us each); `off`
     /// never.
     #[arg(long, value_enum, value_name = "WHEN", default_value = "auto")]
     pub stacks: StacksMode,
+
+    /// With `--stacks auto`, connect() stacks recorded per second on each
+    /// CPU before anything is stuck; the rest are counted
+    /// (`stacks_over_budget`). 0: none before trouble.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub stack_budget: u32,
 
     /// Same as `--stacks off`: no stack capture, in the kernel too.
     #[arg(long, conflicts_with = "stacks")]

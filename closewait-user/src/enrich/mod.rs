@@ -317,10 +317,16 @@ impl Resolver {
 /// Have the kernel copy the stacks of process `tgid`, whose frame pointer
 /// looked valid at the syscall but whose walk was cut short. Best effort.
 fn flag_nofp(creations: &mut Creations, tgid: u32) {
-    if creations.nofp_tgids.insert(tgid, 1, 0).is_ok() {
+    if creations.nofp_flagged.len() >= NOFP_FLAGGED_MAX {
+        creations.nofp_flagged.clear();
+    }
+    if creations.nofp_flagged.insert(tgid) && creations.nofp_tgids.insert(tgid, 1, 0).is_ok() {
         let _ = creations.nofp_on.set(0, 1, 0);
     }
 }
+
+/// Entries of the kernel's `NOFP_TGIDS`.
+const NOFP_FLAGGED_MAX: usize = 4096;
 
 /// Scan the namespaces the batch's sockets are in (all, when one of them
 /// has no namespace: the classic-tracepoint fallback).

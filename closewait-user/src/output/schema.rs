@@ -151,6 +151,7 @@ pub struct Summary {
     pub recovered_enters: u64,
     pub recovered_exits: u64,
     pub stacks_missed: u64,
+    pub stacks_over_budget: u64,
     pub dwell_ms: Option<Percentiles>,
     pub stuck_groups: Vec<Group>,
     pub still_stuck_sockets: Vec<StillStuck>,

@@ -284,6 +284,7 @@ fn model_with_stuck() -> Model {
         ringbuf_full: 3,
         read_failed: 0,
         stack_failed: 5,
+        over_budget: 6,
         recursion_misses: 1,
     });
     m
@@ -321,6 +322,12 @@ fn summary_groups_stuck_sockets_by_owner_and_site() {
         "{t}"
     );
     assert!(
+        t.contains(
+            "  creation stacks not recorded             11  (5 failed, 6 over --stack-budget)\n"
+        ),
+        "{t}"
+    );
+    assert!(
         t.contains("p50 1ms  p90 2ms  p99 3ms  max 20.00s  (n=9)"),
         "{t}"
     );
@@ -346,6 +353,7 @@ fn summary_json() {
     assert_eq!(v["still_stuck"], 3);
     assert_eq!(v["lost"], 4, "stack failures are not lost events");
     assert_eq!(v["stacks_missed"], 5);
+    assert_eq!(v["stacks_over_budget"], 6);
     assert_eq!(v["lost_by_reason"]["ringbuf_full"], 3);
     assert_eq!(v["dwell_ms"]["p50"], 1.0);
     assert_eq!(v["dwell_ms"]["max"], 20000.0);

@@ -160,6 +160,17 @@ impl<W: Write> Output for Text<W> {
         for (name, value) in rows {
             writeln!(o, "  {name:<32} {value:>10}")?;
         }
+        let drops = model.drops();
+        if drops.stack_failed > 0 || drops.over_budget > 0 {
+            writeln!(
+                o,
+                "  {:<32} {:>10}  ({} failed, {} over --stack-budget)",
+                "creation stacks not recorded",
+                drops.stack_failed + drops.over_budget,
+                drops.stack_failed,
+                drops.over_budget
+            )?;
+        }
         match counts.dwell {
             Some(p) => writeln!(
                 o,

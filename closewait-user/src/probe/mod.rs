@@ -17,8 +17,8 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use closewait_common::{
-    copy_slots_per_cpu, counter, Config, Creation, StackCopy, TpOffsets, MAX_KERNEL_PORTS,
-    NO_OFFSET,
+    armed, copy_slots_per_cpu, counter, Config, Creation, StackCopy, TpOffsets, BUDGET_WINDOW_NS,
+    MAX_KERNEL_PORTS, NO_OFFSET,
 };
 
 use self::{
@@ -67,6 +67,9 @@ pub struct LoadOptions {
     pub ring_buffer_bytes: u32,
     /// Record creation stacks (connect/accept) in the kernel.
     pub stacks: bool,
+    /// connect() captures per second on each CPU while armed with the
+    /// budget (`Kernel::arm_budget`).
+    pub stack_budget: u32,
     /// Features to treat as missing (tests force each fallback with it).
     pub without: Vec<Feature>,
 }
@@ -79,6 +82,9 @@ pub struct Drops {
     /// Creation stacks that could not be recorded (not events: the socket
     /// is still reported, without its stack).
     pub stack_failed: u64,
+    /// connect() calls not recorded because their CPU had used its capture
+    /// budget (`--stacks auto` before anything is stuck).
+    pub over_budget: u64,
     /// Runs the kernel skipped because a BPF program was already running on
     /// that CPU (bpf_prog_info.recursion_misses).
     pub recursion_misses: u64,
@@ -105,6 +111,7 @@ impl Drops {
             ringbuf_full: self.ringbuf_full.saturating_sub(before.ringbuf_full),
             read_failed: self.read_failed.saturating_sub(before.read_failed),
             stack_failed: self.stack_failed.saturating_sub(before.stack_failed),
+            over_budget: self.over_budget.saturating_sub(before.over_budget),
             recursion_misses: self
                 .recursion_misses
                 .saturating_sub(before.recursion_misses),
@@ -139,6 +146,10 @@ pub struct Creations {
     /// the switch that makes the kernel look there.
     pub nofp_tgids: HashMap<MapData, u32, u32>,
     pub nofp_on: Array<MapData, u32>,
+    /// Processes already put in `nofp_tgids` this run (no repeated inserts
+    /// for each of their sockets); cleared when it reaches the map's size,
+    /// as the kernel's LRU may have evicted some by then.
+    pub nofp_flagged: std::collections::HashSet<u32>,
 }
 
 /// CPUs the kernel may run programs on (the per-CPU rings).
@@ -151,8 +162,11 @@ fn possible_cpus() -> u32 {
 pub struct Kernel {
     counters: PerCpuArray<MapData, u64>,
     prog_fd: ProgramFd,
-    /// Slot 0 arms creation-stack capture; `None` without stacks.
+    /// Slot 0 arms creation-stack capture (`closewait_common::armed`);
+    /// `None` without stacks.
     stacks_armed: Option<Array<MapData, u32>>,
+    /// The load set a non-zero capture budget.
+    budget: bool,
     /// The accept() recorder is loaded lazily and attached when stacks are
     /// armed: an enabled syscall tracepoint slows every syscall on the host.
     accept_ready: bool,
@@ -273,6 +287,8 @@ impl Probe {
         let eof = stacks.then(|| load_eof_reads(&mut ebpf, &btf, opts));
         let mut probe = Self::finish(ebpf, mode, prog_fd, stacks, accept_ret.is_some())?;
         probe.kernel.eof_reads = eof;
+        // Only the BTF program records connect() (the budget's one user).
+        probe.kernel.budget = stacks && budget_per_window(opts.stack_budget) > 0;
         Ok(probe)
     }
 
@@ -331,6 +347,7 @@ impl Probe {
                 copies: Array::try_from(take("STACK_COPIES")?)?,
                 nofp_tgids: HashMap::try_from(take("NOFP_TGIDS")?)?,
                 nofp_on: Array::try_from(take("NOFP_ON")?)?,
+                nofp_flagged: Default::default(),
             })
         } else {
             None
@@ -343,6 +360,7 @@ impl Probe {
                 counters,
                 prog_fd,
                 stacks_armed,
+                budget: false,
                 accept_ready: accept_ready && stacks,
                 eof_reads: None,
                 ebpf,
@@ -352,16 +370,31 @@ impl Probe {
 }
 
 impl Kernel {
-    /// Start recording creation stacks (idempotent). False when the run has
-    /// no stacks (`--stacks off`, or the empty benchmark program).
+    /// Start recording every creation stack (idempotent). False when the
+    /// run has no stacks (`--stacks off`, or the empty benchmark program).
     pub fn arm_stacks(&mut self) -> anyhow::Result<bool> {
-        let Some(armed) = self.stacks_armed.as_mut() else {
+        let Some(level) = self.stacks_armed.as_mut() else {
             return Ok(false);
         };
-        armed.set(0, 1, 0).context("arming creation stacks")?;
+        level
+            .set(0, armed::FULL, 0)
+            .context("arming creation stacks")?;
         if std::mem::take(&mut self.accept_ready) {
             attach_accept(&mut self.ebpf);
         }
+        Ok(true)
+    }
+
+    /// Record connect() stacks within the per-CPU budget (`LoadOptions::
+    /// stack_budget`) until [`Kernel::arm_stacks`]: no syscall tracepoint,
+    /// no accept() recorder. False when the run has no stacks or no budget.
+    pub fn arm_budget(&mut self) -> anyhow::Result<bool> {
+        let (Some(level), true) = (self.stacks_armed.as_mut(), self.budget) else {
+            return Ok(false);
+        };
+        level
+            .set(0, armed::BUDGET, 0)
+            .context("arming creation stacks within the budget")?;
         Ok(true)
     }
 
@@ -388,6 +421,7 @@ impl Kernel {
             ringbuf_full: sum(counter::RINGBUF_FULL)?,
             read_failed: sum(counter::READ_FAILED)?,
             stack_failed: sum(counter::STACK_FAILED)?,
+            over_budget: sum(counter::OVER_BUDGET)?,
             recursion_misses: recursion_misses(&self.prog_fd)?,
         })
     }
@@ -396,6 +430,13 @@ impl Kernel {
 /// One line on stderr: `feature` is missing, and what happens instead.
 fn say(feature: Feature) {
     eprintln!("closewait-trace: {}", feature.missing_line());
+}
+
+/// The per-second budget as captures per window of the kernel's fixed
+/// window (at least one, unless the budget is 0).
+fn budget_per_window(per_sec: u32) -> u32 {
+    let windows = (1_000_000_000 / BUDGET_WINDOW_NS) as u32;
+    per_sec.div_ceil(windows)
 }
 
 /// Where the user registers the kernel side reads are in `struct pt_regs`.
@@ -430,6 +471,7 @@ fn loader(
                 config.copy_slots_per_cpu = copy_slots_per_cpu(possible_cpus());
             }
         }
+        config.budget_per_window = budget_per_window(opts.stack_budget);
     }
     // One slot when there are no copies: the map's memory is preallocated.
     let copy_slots = (config.copy_slots_per_cpu * possible_cpus()).max(1);
@@ -569,21 +611,32 @@ mod tests {
     }
 
     #[test]
+    fn budget_per_window_rounds_up_and_keeps_zero() {
+        assert_eq!(budget_per_window(0), 0);
+        assert_eq!(budget_per_window(1), 1);
+        assert_eq!(budget_per_window(1000), 100);
+        assert_eq!(budget_per_window(1001), 101);
+    }
+
+    #[test]
     fn drops_since_and_by_reason() {
         let before = Drops {
             ringbuf_full: 1,
             read_failed: 0,
             stack_failed: 2,
+            over_budget: 7,
             recursion_misses: 3,
         };
         let now = Drops {
             ringbuf_full: 4,
             read_failed: 0,
             stack_failed: 2,
+            over_budget: 10,
             recursion_misses: 5,
         };
         let d = now.since(&before);
-        assert_eq!(d.events_lost(), 5);
+        assert_eq!(d.events_lost(), 5, "stacks skipped are not events");
+        assert_eq!(d.over_budget, 3);
         assert_eq!(
             d.by_reason(),
             [("ringbuf_full", 3), ("recursion", 2), ("read_failed", 0)]
