@@ -134,6 +134,9 @@ struct GroupState {
     /// What the last group event said.
     announced_count: usize,
     announced_cause: Option<Cause>,
+    /// Its creation site became known: announce it again (not as news of
+    /// a cause).
+    renamed: bool,
 }
 
 impl GroupState {
@@ -221,6 +224,8 @@ impl Model {
         }
         r.stuck = true;
         let key = GroupKey::of(&r.socket, r.ctx.as_deref());
+        let key = self.settle(key);
+        let r = self.reported.get_mut(&e.id)?;
         r.group = Some(key.clone());
         let cause = cause_of(r.ctx.as_deref());
         let g = self.groups.entry(key.clone()).or_default();
@@ -241,7 +246,8 @@ impl Model {
         let count = g.members.len();
         let grew = count.is_power_of_two() && count > g.announced_count;
         let new_cause = g.announced_count == 0 || cause != g.announced_cause;
-        if new_cause || grew {
+        let renamed = std::mem::take(&mut g.renamed);
+        if new_cause || grew || renamed {
             g.announced_count = count;
             g.announced_cause = cause;
             return Some(Group {
@@ -250,6 +256,46 @@ impl Model {
             });
         }
         None
+    }
+
+    /// The group a socket with `key` joins. One leak's sockets created
+    /// before capture was armed have no creation site, the later ones have
+    /// one: those without join the largest group of the same owner and
+    /// peer that has a site, and the first with a site names the group of
+    /// those without (which is announced again with its site).
+    fn settle(&mut self, key: GroupKey) -> GroupKey {
+        if self.groups.contains_key(&key) {
+            return key;
+        }
+        let same_but_site = |k: &GroupKey| {
+            k.pid == key.pid
+                && k.comm == key.comm
+                && k.endpoint == key.endpoint
+                && k.looked_up == key.looked_up
+        };
+        if key.site.is_none() {
+            let largest = self
+                .groups
+                .iter()
+                .filter(|(k, _)| k.site.is_some() && same_but_site(k))
+                .max_by(|a, b| a.1.members.len().cmp(&b.1.members.len()).then(b.0.cmp(a.0)))
+                .map(|(k, _)| k.clone());
+            return largest.unwrap_or(key);
+        }
+        let siteless = GroupKey {
+            site: None,
+            ..key.clone()
+        };
+        if let Some(mut state) = self.groups.remove(&siteless) {
+            for id in &state.members {
+                if let Some(r) = self.reported.get_mut(id) {
+                    r.group = Some(key.clone());
+                }
+            }
+            state.renamed = true;
+            self.groups.insert(key.clone(), state);
+        }
+        key
     }
 
     fn leave(&mut self, id: u64, key: &GroupKey, ctx: Option<&Context>) {
@@ -557,6 +603,49 @@ pub(crate) mod tests {
         // Now 2 idle_closed_by_peer against 1 eof_not_closed: a new cause.
         let g = m.apply(&mut stuck(3, 5432, Some(Arc::new(diagnosed("pool", 1)))));
         assert_eq!(g.and_then(|g| g.cause), Some(Cause::IdleClosedByPeer));
+    }
+
+    /// `ctx` without its creation record (made before capture was armed).
+    fn siteless(ctx: &Context) -> Arc<Context> {
+        Arc::new(Context {
+            creation: None,
+            ..ctx.clone()
+        })
+    }
+
+    #[test]
+    fn sockets_without_a_site_join_the_group_of_the_same_owner_and_peer() {
+        let api = diagnosed("api-server", 1);
+        // Before arming, then after: the first with a site names the group.
+        let mut m = Model::default();
+        m.apply(&mut stuck(1, 5432, Some(siteless(&api))));
+        m.apply(&mut stuck(2, 5432, Some(siteless(&api))));
+        let g = m.apply(&mut stuck(3, 5432, Some(Arc::new(api.clone()))));
+        let g = g.expect("announced again with its site");
+        assert_eq!(g.count, 3);
+        assert!(!g.new_cause, "the cause is the same");
+        assert_eq!(
+            g.key.site.as_deref(),
+            Some("pool::checkout (src/pool.rs:88)")
+        );
+        m.apply(&mut stuck(4, 5432, Some(siteless(&api))));
+        let groups = m.groups(110 * S);
+        assert_eq!(groups.len(), 1, "{groups:?}");
+        assert_eq!(groups[0].count, 4);
+        // Members leave the renamed group.
+        for id in 1..=4 {
+            m.apply(&mut close(id, 5432));
+        }
+        assert!(m.groups(110 * S).is_empty());
+        // A site first, then none: joins it. Another peer does not.
+        let mut m = Model::default();
+        m.apply(&mut stuck(1, 5432, Some(Arc::new(api.clone()))));
+        m.apply(&mut stuck(2, 5432, Some(siteless(&api))));
+        m.apply(&mut stuck(3, 6000, Some(siteless(&api))));
+        let groups = m.groups(110 * S);
+        assert_eq!(groups.len(), 2, "{groups:?}");
+        assert_eq!((groups[0].count, groups[0].key.site.is_some()), (2, true));
+        assert_eq!((groups[1].count, groups[1].key.site.is_none()), (1, true));
     }
 
     #[test]
