@@ -639,15 +639,17 @@ fn outgoing_leak(which: &str, addr: IpAddr) -> serde_json::Value {
 /// report's stack symbols.
 fn direct_leak(which: &str, mode: &str, extra: &[&str]) -> Vec<String> {
     let ns = NetNs::new("stk-direct");
-    // `--stacks on`: the first socket leaked after start has its stack.
-    let tracer_on = |port: u16| {
+    // The first socket leaked after start has its stack: connect() in the
+    // default mode (within its budget), accept() with `--stacks on` (the
+    // default attaches the accept() recorder only once something is stuck).
+    let tracer_for = |port: u16, stacks: &str| {
         let port = port.to_string();
-        Tracer::start(&["--threshold", "300ms", "--stacks", "on", "--port", &port])
+        Tracer::start(&["--threshold", "300ms", "--stacks", stacks, "--port", &port])
     };
     let (mut leaker, mut tracer) = if mode == "connect" {
         let listener = ns.listen(localhost4());
         let port = listener.local_addr().unwrap().port();
-        let tracer = tracer_on(port);
+        let tracer = tracer_for(port, "auto");
         let port = port.to_string();
         let args = [&["connect", "127.0.0.1", &port], extra].concat();
         let leaker = support::Leaker::spawn(&ns, None, which, &args);
@@ -657,7 +659,7 @@ fn direct_leak(which: &str, mode: &str, extra: &[&str]) -> Vec<String> {
         let args = [&["accept", "127.0.0.1", "0"], extra].concat();
         let mut leaker = support::Leaker::spawn(&ns, None, which, &args);
         let port = port_of(&leaker.expect("listening"));
-        let tracer = tracer_on(port);
+        let tracer = tracer_for(port, "on");
         drop(ns.connect(SocketAddr::from(([127, 0, 0, 1], port))));
         (leaker, tracer)
     };
@@ -701,6 +703,50 @@ fn the_caller_is_found_in_a_second_thread_too() {
         assert!(has(&syms, leaker), "{mode}: {syms:?}");
         assert!(has(&syms, "start_thread"), "{mode}: {syms:?}");
     }
+}
+
+/// `--stacks auto` before anything is stuck records connect() stacks
+/// within `--stack-budget` a second on each CPU (a fixed 100 ms window):
+/// a burst past it is counted in the summary, not recorded, and a leak
+/// after the burst's window has its stack.
+#[test]
+fn auto_stacks_record_connects_within_the_budget_and_count_the_rest() {
+    const BURST: u64 = 300;
+    let ns = NetNs::new("stk-budget");
+    let listener = ns.listen(localhost4());
+    let addr = listener.local_addr().unwrap();
+    let port = addr.port().to_string();
+    let mut tracer = Tracer::start(&[
+        "--threshold",
+        "300ms",
+        "--stack-budget",
+        "10",
+        "--port",
+        &port,
+    ]);
+    let burst = Instant::now();
+    for _ in 0..BURST {
+        let client = ns.connect(addr);
+        drop(listener.accept().unwrap());
+        drop(client);
+    }
+    let windows = burst.elapsed().as_millis() as u64 / 100 + 2;
+    // The next window has its one capture again.
+    std::thread::sleep(Duration::from_millis(150));
+    let mut leaker = support::Leaker::spawn(&ns, None, "direct", &["connect", "127.0.0.1", &port]);
+    drop(listener.accept().unwrap());
+    leaker.expect("ready");
+    let stuck = tracer.expect("stuck", 5 * S, |v| v["event"] == "stuck");
+    let syms = symbols(&stuck);
+    assert!(has(&syms, "open_pool_connection"), "{stuck}");
+    let summary = tracer.interrupt();
+    // One capture per window on each CPU (budget 10/s = 1 per 100 ms).
+    let cpus = std::thread::available_parallelism().unwrap().get() as u64;
+    let over = summary["stacks_over_budget"].as_u64().unwrap();
+    assert!(
+        over >= BURST - windows * cpus,
+        "{over} of {BURST} over the budget in {windows} windows: {summary}"
+    );
 }
 
 /// A connect() leak by leaker `which` traced with `--without FEATURE`: the
@@ -1615,17 +1661,10 @@ fn five_thousand_stuck_sockets_fit_on_one_screen() {
     let mut server =
         support::Leaker::spawn(&ns, None, "patterns", &["closing-server", "127.0.0.1", "0"]);
     let port = port_of(&server.expect("listening"));
-    // Stacks off: in the default mode capture is armed at the first stuck
-    // socket, and the flooder's later sockets (whose stacks resolve) would
-    // form a group of their own; that split is not what this test is about.
-    let mut tracer = Tracer::start_text(&[
-        "--threshold",
-        "300ms",
-        "--stacks",
-        "off",
-        "--port",
-        &port.to_string(),
-    ]);
+    // The default mode: the flood exhausts the stack budget at once, so
+    // some sockets have a creation site and most do not (until the first
+    // stuck one arms capture); they are still one group.
+    let mut tracer = Tracer::start_text(&["--threshold", "300ms", "--port", &port.to_string()]);
     let mut flood = support::Leaker::spawn(
         &ns,
         None,
