@@ -93,6 +93,7 @@ impl Bench {
             Config::NoTracer => bail!("no tracer to start"),
             Config::Empty => (self.trace.clone(), vec!["--json", "--attach", "empty"]),
             Config::Closewait => (self.trace.clone(), vec!["--json"]),
+            Config::ClosewaitNoStacks => (self.trace.clone(), vec!["--json", "--stacks", "off"]),
             Config::ClosewaitStacks => (self.trace.clone(), vec!["--json", "--stacks", "on"]),
             Config::ClosewaitEofReads => (
                 self.trace.clone(),

@@ -101,9 +101,11 @@ impl Plan {
 pub(super) enum Config {
     NoTracer,
     Empty,
-    /// closewait-trace's default mode (`--stacks auto`: no capture while
-    /// nothing is stuck, as under churn).
+    /// closewait-trace's default mode (`--stacks auto`: under churn nothing
+    /// is stuck, so connect() stacks within the per-CPU budget only).
     Closewait,
+    /// `--stacks off`: no capture at all, the base of "stacks on / off".
+    ClosewaitNoStacks,
     /// `--stacks on`: creation stacks of every connect() and accept().
     ClosewaitStacks,
     /// `--stacks on` for connect() only (`--without syscall-tracepoints`):
@@ -117,18 +119,20 @@ pub(super) enum Config {
 }
 
 impl Config {
-    pub(super) const ALL: [Config; 7] = [
+    pub(super) const ALL: [Config; 8] = [
         Config::NoTracer,
         Config::Empty,
         Config::Closewait,
+        Config::ClosewaitNoStacks,
         Config::ClosewaitStacks,
         Config::ClosewaitNoAccept,
         Config::Tcpstates,
         Config::Bpftrace,
     ];
-    pub(super) const TRACERS: [Config; 6] = [
+    pub(super) const TRACERS: [Config; 7] = [
         Config::Empty,
         Config::Closewait,
+        Config::ClosewaitNoStacks,
         Config::ClosewaitStacks,
         Config::ClosewaitNoAccept,
         Config::Tcpstates,
@@ -140,6 +144,7 @@ impl Config {
             Config::NoTracer => "none",
             Config::Empty => "empty",
             Config::Closewait => "closewait",
+            Config::ClosewaitNoStacks => "closewait-nostacks",
             Config::ClosewaitStacks => "closewait-stacks",
             Config::ClosewaitNoAccept => "closewait-noaccept",
             Config::ClosewaitEofReads => "closewait-eofreads",
@@ -153,6 +158,7 @@ impl Config {
         matches!(
             self,
             Config::Closewait
+                | Config::ClosewaitNoStacks
                 | Config::ClosewaitStacks
                 | Config::ClosewaitNoAccept
                 | Config::ClosewaitEofReads
