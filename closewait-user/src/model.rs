@@ -20,6 +20,28 @@ pub const LINES_PER_GROUP: usize = 5;
 /// Window of the growth rate.
 const MINUTE_NS: u64 = 60_000_000_000;
 
+/// What the kernel records of creation stacks now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StacksNow {
+    /// Nothing (`--stacks off`, or the kernel cannot).
+    #[default]
+    Off,
+    /// connect() within the per-CPU budget (`--stacks auto` before trouble).
+    Budget,
+    /// Every connect() and accept().
+    Armed,
+}
+
+impl StacksNow {
+    pub fn describe(self) -> &'static str {
+        match self {
+            StacksNow::Off => "off",
+            StacksNow::Budget => "connect() within budget",
+            StacksNow::Armed => "armed",
+        }
+    }
+}
+
 /// One report on its way to the outputs, with what enrichment found.
 #[derive(Clone, Debug)]
 pub struct Enriched {
@@ -154,6 +176,8 @@ impl GroupState {
 pub struct Model {
     counts: Counts,
     drops: Drops,
+    /// What the kernel records of creation stacks now (for the live view).
+    stacks: StacksNow,
     reported: HashMap<u64, Reported>,
     groups: HashMap<GroupKey, GroupState>,
 }
@@ -365,6 +389,42 @@ impl Model {
         self.drops = drops;
     }
 
+    pub fn set_stacks(&mut self, stacks: StacksNow) {
+        self.stacks = stacks;
+    }
+
+    pub fn stacks(&self) -> StacksNow {
+        self.stacks
+    }
+
+    /// Sockets stuck now.
+    pub fn stuck_now(&self) -> usize {
+        self.reported.values().filter(|r| r.stuck).count()
+    }
+
+    /// The stuck sockets of group `key`, longest dwell first.
+    pub fn members(&self, key: &GroupKey, now_ns: u64) -> Vec<StuckView<'_>> {
+        let Some(state) = self.groups.get(key) else {
+            return Vec::new();
+        };
+        let mut out: Vec<StuckView> = state
+            .members
+            .iter()
+            .filter_map(|id| {
+                let r = self.reported.get(id)?;
+                Some(StuckView {
+                    id: *id,
+                    socket: &r.socket,
+                    dwell_ns: now_ns.saturating_sub(r.enter_ns),
+                    bound: r.bound,
+                    ctx: r.ctx.as_deref(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| b.dwell_ns.cmp(&a.dwell_ns).then(a.id.cmp(&b.id)));
+        out
+    }
+
     pub fn counts(&self) -> &Counts {
         &self.counts
     }
@@ -563,6 +623,9 @@ pub(crate) mod tests {
         assert_eq!(g.median_idle_before_fin_ms, Some(1001));
         assert_eq!(g.growth_per_min, 2);
         assert_eq!(groups[1].cause, None, "no diagnosis");
+        assert_eq!(m.stuck_now(), 3);
+        let members = m.members(&g.key, 110 * S);
+        assert_eq!(members.iter().map(|s| s.id).collect::<Vec<_>>(), [1, 2]);
         assert!(m.context(1).is_some());
         m.apply(&mut close(1, 5432));
         assert_eq!(m.still_stuck(110 * S).len(), 2);

@@ -7,6 +7,7 @@ pub mod json;
 pub mod sanitize;
 pub mod schema;
 pub mod text;
+pub mod top;
 
 #[cfg(test)]
 mod tests;
@@ -45,6 +46,17 @@ pub trait Output {
     /// At the end of the run.
     fn summary(&mut self, model: &Model, ran: Duration, now_ns: u64) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;
+    /// After every turn of the event loop (about every 10 ms), with the
+    /// model as it is now: a live view redraws from it here. True: the
+    /// user asked to quit.
+    fn tick(&mut self, _model: &Model, _now_ns: u64) -> io::Result<bool> {
+        Ok(false)
+    }
+    /// A view of the present, not a record: at exit the agent does not
+    /// wait for lookups still running.
+    fn is_live(&self) -> bool {
+        false
+    }
 }
 
 /// The stdout output the flags ask for.
