@@ -23,7 +23,7 @@ use crate::{
     discovery::{self, ScanError, ScanResult, ScannedSocket},
     enrich::diagnosis::Cause,
     enrich::{self, Context},
-    model::{Enriched, Model},
+    model::{Enriched, Model, StacksNow},
     output::{self, format::WallClock, Output, StartInfo},
     privileges,
     probe::{Drops, LoadOptions, Probe},
@@ -356,6 +356,11 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
 /// with `Err` carrying a BrokenPipe io::Error in the last case, which the
 /// binary ends quietly on ([`is_broken_pipe`]).
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.top().is_some_and(|t| !t.once) && !output::top::stdout_is_terminal() {
+        anyhow::bail!(
+            "`top` needs a terminal on stdout: `top --once` prints the table once, and without `top` the stream is text (or --json) for pipes and files"
+        );
+    }
     privileges::check()?;
     privileges::raise_memlock();
     let stacks_mode = cli.stacks_mode();
@@ -380,10 +385,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         stacks_mode
     };
     let mut stacks_armed = stacks_mode == StacksMode::On && kernel.arm_stacks()?;
-    if stacks_mode == StacksMode::Auto {
-        kernel.arm_budget()?;
-    }
+    let kernel_budget = stacks_mode == StacksMode::Auto && kernel.arm_budget()?;
     let mut eof_armed = stacks_armed && cli.arm_eof_reads && kernel.arm_eof_reads();
+    let stacks_now = |armed: bool| match stacks_mode {
+        _ if armed => StacksNow::Armed,
+        StacksMode::Auto if kernel_budget => StacksNow::Budget,
+        _ => StacksNow::Off,
+    };
     let owner_filter = OwnerFilter {
         pids: cli.pids.clone(),
         comms: cli.comms.clone(),
@@ -397,7 +405,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         .map_err(|e| e.into_parts().1)
         .context("polling the ring buffer")?;
     let clock = WallClock::new(mono_ns(), SystemTime::now());
-    let stdout = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
+    let out = match cli.top() {
+        Some(top) => output::top::new(output::top::TopOptions {
+            delay: top.delay,
+            threshold: cli.threshold,
+            once: top.once,
+        }),
+        None => {
+            let stdout = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
+            output::for_cli(cli.json, stdout, clock)
+        }
+    };
     let gated = owner_filter.is_set();
     let mut agent = Agent {
         tracker: Tracker::new(cli.threshold.as_nanos() as u64, cli.all, gated),
@@ -409,7 +427,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         cookies: mode.has_cookies(),
         all: cli.all,
         evidence: !cli.no_evidence,
-        out: output::for_cli(cli.json, stdout, clock),
+        out,
         model: Model::default(),
         decode_errors: 0,
         queue: VecDeque::new(),
@@ -420,6 +438,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         trouble: false,
         eof_trouble: false,
     };
+    agent.model.set_stacks(stacks_now(stacks_armed));
 
     // Start-up scan, after attach so nothing falls between the two.
     agent.tracker.begin_scan(mono_ns());
@@ -510,6 +529,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         if stacks_mode == StacksMode::Auto && agent.trouble && !stacks_armed {
             stacks_armed = kernel.arm_stacks()?;
             if stacks_armed {
+                agent.model.set_stacks(stacks_now(true));
                 eprintln!("closewait-trace: sockets are stuck in CLOSE_WAIT: recording creation stacks from now on");
             }
         }
@@ -531,6 +551,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             drops_seen = drops;
             agent.refresh_model(drops);
         }
+        if agent.out.tick(&agent.model, mono_ns())? {
+            break;
+        }
         if wall_now >= next_scan && !scan_in_flight {
             next_scan = wall_now + cli.reconcile_interval;
             scan_in_flight = true;
@@ -549,7 +572,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut told = false;
     let cap = tokio::time::sleep(EXIT_PATIENCE);
     tokio::pin!(cap);
-    while !agent.requested.is_empty() {
+    // A live view shows the present: nothing to finish for it.
+    while !agent.requested.is_empty() && !agent.out.is_live() {
         let idle = tokio::time::sleep(if told { CONTEXT_PATIENCE } else { EXIT_NOTICE });
         tokio::select! {
             Some(response) = ctx_rx.recv() => agent.on_context(response)?,

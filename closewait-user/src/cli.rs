@@ -18,33 +18,36 @@ use crate::{
 #[derive(Debug, Parser)]
 #[command(name = "closewait-trace", version, about, long_about = None)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Flag a socket as stuck once it has been in CLOSE_WAIT this long
     /// (e.g. 500ms, 10s, 5m).
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    #[arg(global = true, long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub threshold: Duration,
 
     /// Stop after this long and print the summary (default: until Ctrl-C).
-    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    #[arg(global = true, long, value_name = "DURATION", value_parser = parse_positive_duration)]
     pub duration: Option<Duration>,
 
     /// Only sockets whose local or remote port is PORT (repeatable).
-    #[arg(long = "port", short = 'p', value_name = "PORT", value_parser = parse_port)]
+    #[arg(global = true, long = "port", short = 'p', value_name = "PORT", value_parser = parse_port)]
     pub ports: Vec<u16>,
 
     /// Only IPv4 sockets (IPv4-mapped IPv6 counts as IPv4).
-    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    #[arg(global = true, short = '4', long = "ipv4", conflicts_with = "ipv6")]
     pub ipv4: bool,
 
     /// Only IPv6 sockets.
-    #[arg(short = '6', long = "ipv6")]
+    #[arg(global = true, short = '6', long = "ipv6")]
     pub ipv6: bool,
 
     /// Only sockets held by process PID (repeatable).
-    #[arg(long = "pid", value_name = "PID")]
+    #[arg(global = true, long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
 
     /// Only sockets held by a process named NAME (its comm; repeatable).
-    #[arg(long = "comm", value_name = "NAME")]
+    #[arg(global = true, long = "comm", value_name = "NAME")]
     pub comms: Vec<String>,
 
     /// Creation stacks: `auto` records connect() stacks from the start
@@ -54,59 +57,89 @@ pub struct Cli {
     /// already in CLOSE_WAIT at start, or the first stuck one); `on` every
     /// connect() and accept() from the start (about 2.5 us each); `off`
     /// never.
-    #[arg(long, value_enum, value_name = "WHEN", default_value = "auto")]
+    #[arg(
+        global = true,
+        long,
+        value_enum,
+        value_name = "WHEN",
+        default_value = "auto"
+    )]
     pub stacks: StacksMode,
 
     /// With `--stacks auto`, connect() stacks recorded per second on each
     /// CPU before anything is stuck; the rest are counted
     /// (`stacks_over_budget`). 0: none before trouble.
-    #[arg(long, value_name = "N", default_value_t = 1000)]
+    #[arg(global = true, long, value_name = "N", default_value_t = 1000)]
     pub stack_budget: u32,
 
     /// Same as `--stacks off`: no stack capture, in the kernel too.
-    #[arg(long, conflicts_with = "stacks")]
+    #[arg(global = true, long, conflicts_with = "stacks")]
     pub no_stacks: bool,
 
     /// Also show every entry into and exit from CLOSE_WAIT.
-    #[arg(long)]
+    #[arg(global = true, long)]
     pub all: bool,
 
     /// One JSON object per line on stdout.
-    #[arg(long)]
+    #[arg(global = true, long)]
     pub json: bool,
 
     /// Size of the kernel-to-agent ring buffer in bytes (a power of two, at
     /// least 4096).
-    #[arg(long, value_name = "BYTES", default_value = "1048576", value_parser = parse_ring_size)]
+    #[arg(global = true, long, value_name = "BYTES", default_value = "1048576", value_parser = parse_ring_size)]
     pub ring_buffer_size: u32,
 
     /// How often to re-check the table against the kernel's socket table,
     /// which recovers from lost events.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
+    #[arg(global = true, long, value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
     pub reconcile_interval: Duration,
 
     /// Force an attach point instead of the best available: `tp-btf`,
     /// `tracepoint` (the fallback, for testing it), or `empty` (benchmarks:
     /// an empty program on the same hook).
-    #[arg(long, value_enum, hide = true)]
+    #[arg(global = true, long, value_enum, hide = true)]
     pub attach: Option<AttachMode>,
 
     /// Behave as if the kernel lacked FEATURE (repeatable; for testing each
     /// fallback): btf, tp-btf, socket-cookie, ringbuf, stacks,
     /// syscall-tracepoints.
-    #[arg(long, value_enum, value_name = "FEATURE", hide = true)]
+    #[arg(global = true, long, value_enum, value_name = "FEATURE", hide = true)]
     pub without: Vec<Feature>,
 
     /// Look up owners and stacks only, no evidence or diagnosis (the
     /// benchmark's baseline for what evidence costs).
-    #[arg(long, hide = true)]
+    #[arg(global = true, long, hide = true)]
     pub no_evidence: bool,
 
     /// Record EOF reads (`last_read`) from the start, not from the first
     /// socket found that read EOF and was not closed (the benchmark's
     /// measure of what the recorder costs).
-    #[arg(long, hide = true)]
+    #[arg(global = true, long, hide = true)]
     pub arm_eof_reads: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// A live, full-screen view: one row per group of stuck sockets
+    /// (count, growth, oldest dwell, owner, endpoint, creation site,
+    /// cause); Enter shows a group's sockets, stack and hint. Keys: arrows
+    /// or j/k, Enter, Esc, s (sort), / (filter), q or Ctrl-C (quit). Takes
+    /// the same filters and --threshold as the stream.
+    Top(TopArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TopArgs {
+    /// Refresh every SECONDS (e.g. 1, 0.5, 2s); the screen is redrawn only
+    /// when something changed.
+    #[arg(short = 'd', long = "delay", value_name = "SECONDS", default_value = "1", value_parser = parse_delay)]
+    pub delay: Duration,
+
+    /// Print the table once, after one refresh interval, and exit (for
+    /// pipes and scripts, like top's batch mode; stdout need not be a
+    /// terminal).
+    #[arg(long)]
+    pub once: bool,
 }
 
 /// When creation stacks are recorded.
@@ -128,6 +161,14 @@ impl StacksMode {
 }
 
 impl Cli {
+    /// `top`'s settings, when it is `top`.
+    pub fn top(&self) -> Option<&TopArgs> {
+        match &self.command {
+            Some(Command::Top(t)) => Some(t),
+            None => None,
+        }
+    }
+
     pub fn stacks_mode(&self) -> StacksMode {
         if self.no_stacks {
             StacksMode::Off
@@ -143,6 +184,21 @@ impl Cli {
             _ => None,
         }
     }
+}
+
+/// Seconds as a number (`0.5`) or a duration (`500ms`), at least 100 ms.
+fn parse_delay(s: &str) -> Result<Duration, String> {
+    let d = match s.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
+        Ok(_) => return Err(format!("`{s}` is not a number of seconds")),
+        Err(_) => parse_duration(s)?,
+    };
+    if d < Duration::from_millis(100) {
+        return Err(format!(
+            "`{s}` is under the shortest refresh interval (0.1 s)"
+        ));
+    }
+    Ok(d)
 }
 
 fn parse_port(s: &str) -> Result<u16, String> {
@@ -166,7 +222,18 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    Cli::try_parse_from(args)
+    let cli = Cli::try_parse_from(args)?;
+    if matches!(cli.command, Some(Command::Top(_))) {
+        for (set, flag) in [(cli.json, "--json"), (cli.all, "--all")] {
+            if set {
+                return Err(<Cli as clap::CommandFactory>::command().error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!("`top` is a live view; {flag} is for the stream (run without `top`)"),
+                ));
+            }
+        }
+    }
+    Ok(cli)
 }
 
 /// Clap's error, reduced to its first line.
@@ -185,6 +252,36 @@ mod tests {
 
     fn args(a: &[&str]) -> Result<Cli, clap::Error> {
         parse(std::iter::once("closewait-trace").chain(a.iter().copied()))
+    }
+
+    #[test]
+    fn top_takes_the_stream_flags_and_its_own() {
+        let cli = args(&["top", "--threshold", "2s", "--port", "80", "-d", "0.5"]).unwrap();
+        let top = cli.top().expect("top");
+        assert_eq!(top.delay, Duration::from_millis(500));
+        assert!(!top.once);
+        assert_eq!(cli.threshold, Duration::from_secs(2));
+        assert_eq!(cli.ports, [80]);
+        let cli = args(&["--comm", "api", "top", "--once", "--delay", "2s"]).unwrap();
+        assert_eq!(cli.top().unwrap().delay, Duration::from_secs(2));
+        assert!(cli.top().unwrap().once);
+        assert_eq!(cli.comms, ["api"]);
+        assert_eq!(
+            args(&["top"]).unwrap().top().unwrap().delay,
+            Duration::from_secs(1)
+        );
+        assert!(args(&[]).unwrap().top().is_none());
+        for bad in [
+            &["top", "-d", "0"][..],
+            &["top", "-d", "x"],
+            &["top", "-d", "-1"],
+            &["top", "--json"],
+            &["top", "--all"],
+        ] {
+            let err = args(bad).expect_err("refused");
+            assert!(!one_line_error(&err).contains('\n'), "{bad:?}");
+        }
+        assert!(one_line_error(&args(&["top", "--json"]).unwrap_err()).contains("live view"));
     }
 
     #[test]
