@@ -32,6 +32,8 @@ pub fn setup() -> Result<()> {
     setup.bpf_linker()?;
     setup.program("ip", "iproute2")?;
     setup.program("setpriv", "util-linux")?;
+    // The live view's test runs it in a real terminal.
+    setup.program("tmux", "tmux")?;
     setup.finish()
 }
 

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod tmux;
+
 use std::{
     collections::VecDeque,
     io::{BufRead, BufReader, Read, Write},
@@ -63,7 +65,7 @@ pub fn slowed(timeout: Duration) -> Duration {
     timeout.mul_f64(factor)
 }
 
-fn require_root() {
+pub fn require_root() {
     assert!(
         privileges::is_root(),
         "the kernel tests need root: run `sudo -E cargo xtask test`"
