@@ -512,6 +512,9 @@ pub(crate) mod tests {
             uid: Some(1000),
             cgroup: Some("/system.slice/api.service".to_string()),
             container_id: None,
+            pod: None,
+            pod_namespace: None,
+            pod_uid: None,
         };
         let frame = |addr, symbol: &str, line| Frame {
             addr,

@@ -8,6 +8,7 @@ pub mod diagnosis;
 pub mod evidence;
 pub mod owner;
 pub mod perf_map;
+pub mod pod;
 pub mod stacks;
 pub mod unwind;
 

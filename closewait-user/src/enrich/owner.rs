@@ -19,6 +19,11 @@ pub struct Owner {
     pub cgroup: Option<String>,
     /// Container id, where a runtime put one in the cgroup path.
     pub container_id: Option<String>,
+    /// The Kubernetes pod, from a kubelet cgroup path (`pod_uid`) and the
+    /// kubelet's log directory (`pod`, `pod_namespace`); `None` outside pods.
+    pub pod: Option<String>,
+    pub pod_namespace: Option<String>,
+    pub pod_uid: Option<String>,
 }
 
 /// Socket inode -> the (pid, fd) pairs that hold it, from one walk of /proc.
@@ -77,6 +82,7 @@ pub fn describe(pid: u32, fd: u32) -> Option<Owner> {
         cgroup_path(&paths)
     });
     let container_id = cgroup.as_deref().and_then(container_id);
+    let pod = cgroup.as_deref().and_then(super::pod::of_cgroup);
     Some(Owner {
         pid,
         fd,
@@ -85,6 +91,9 @@ pub fn describe(pid: u32, fd: u32) -> Option<Owner> {
         uid,
         cgroup,
         container_id,
+        pod: pod.as_ref().and_then(|p| p.name.clone()),
+        pod_namespace: pod.as_ref().and_then(|p| p.namespace.clone()),
+        pod_uid: pod.map(|p| p.uid),
     })
 }
 

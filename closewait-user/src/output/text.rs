@@ -282,8 +282,15 @@ fn owner_text(ctx: &Context) -> String {
                 0 | 1 => String::new(),
                 n => format!(" (+{} more)", n - 1),
             };
+            let pod = match (&o.pod_namespace, &o.pod, &o.pod_uid) {
+                (Some(ns), Some(name), _) => {
+                    format!("pod={}/{} ", sanitize::text(ns), sanitize::text(name))
+                }
+                (_, _, Some(uid)) => format!("pod_uid={} ", sanitize::text(uid)),
+                _ => String::new(),
+            };
             format!(
-                "pid={} comm={} fd={}{more} ",
+                "pid={} comm={} fd={}{more} {pod}",
                 o.pid,
                 sanitize::text(&o.comm),
                 o.fd
