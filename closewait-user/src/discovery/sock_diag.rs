@@ -339,7 +339,8 @@ fn open_diag_socket() -> Result<Socket, ScanError> {
 /// scanner forever.
 fn set_recv_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
     let tv = libc::timeval {
-        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        // time_t's width differs between libcs; a day is plenty.
+        tv_sec: timeout.as_secs().min(86_400) as _,
         tv_usec: 0,
     };
     let len = libc::socklen_t::try_from(size_of::<libc::timeval>())
