@@ -363,6 +363,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     privileges::check()?;
     privileges::raise_memlock();
+    enrich::pod::set_log_dir(&cli.pod_logs);
+    // Bound before attaching: a busy port is one line and exit 1.
+    let metrics_listener = cli
+        .metrics
+        .map(|addr| {
+            std::net::TcpListener::bind(addr).with_context(|| format!("serving metrics on {addr}"))
+        })
+        .transpose()?;
     let stacks_mode = cli.stacks_mode();
     let probe = Probe::load(&LoadOptions {
         attach: cli.attach,
@@ -405,16 +413,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         .map_err(|e| e.into_parts().1)
         .context("polling the ring buffer")?;
     let clock = WallClock::new(mono_ns(), SystemTime::now());
-    let out = match cli.top() {
-        Some(top) => output::top::new(output::top::TopOptions {
+    let mut outs: Vec<Box<dyn Output>> = Vec::new();
+    match cli.top() {
+        Some(top) => outs.push(output::top::new(output::top::TopOptions {
             delay: top.delay,
             threshold: cli.threshold,
             once: top.once,
-        }),
+        })),
+        None if cli.quiet => {}
         None => {
             let stdout = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
-            output::for_cli(cli.json, stdout, clock)
+            outs.push(output::for_cli(cli.json, stdout, clock));
         }
+    }
+    if let Some(listener) = metrics_listener {
+        outs.push(Box::new(
+            output::metrics::Metrics::serve(listener).context("serving metrics")?,
+        ));
+    }
+    let out: Box<dyn Output> = if outs.len() == 1 {
+        outs.remove(0)
+    } else {
+        Box::new(output::Tee(outs))
     };
     let gated = owner_filter.is_set();
     let mut agent = Agent {

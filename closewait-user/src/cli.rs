@@ -84,6 +84,21 @@ pub struct Cli {
     #[arg(global = true, long)]
     pub json: bool,
 
+    /// Serve Prometheus metrics on http://ADDR/metrics (OpenMetrics when
+    /// asked for). Bound to ADDR only: `:PORT` means loopback
+    /// (127.0.0.1:PORT); `0.0.0.0:PORT` or `[::]:PORT` for every address.
+    #[arg(global = true, long, value_name = "ADDR", value_parser = crate::output::metrics::parse_addr)]
+    pub metrics: Option<std::net::SocketAddr>,
+
+    /// No stream on stdout: metrics and errors only (for services).
+    #[arg(global = true, long, short = 'q')]
+    pub quiet: bool,
+
+    /// The kubelet's pod log directory, where pod names and namespaces are
+    /// read (`<namespace>_<name>_<uid>/`).
+    #[arg(global = true, long, value_name = "DIR", default_value = crate::enrich::pod::POD_LOGS, hide = true)]
+    pub pod_logs: std::path::PathBuf,
+
     /// Size of the kernel-to-agent ring buffer in bytes (a power of two, at
     /// least 4096).
     #[arg(global = true, long, value_name = "BYTES", default_value = "1048576", value_parser = parse_ring_size)]
@@ -223,13 +238,21 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     let cli = Cli::try_parse_from(args)?;
+    let conflict = |msg: String| {
+        <Cli as clap::CommandFactory>::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, msg)
+    };
+    if cli.quiet && (cli.json || cli.all || cli.top().is_some()) {
+        return Err(conflict(
+            "--quiet prints no stream: it does not go with --json, --all or top".into(),
+        ));
+    }
     if matches!(cli.command, Some(Command::Top(_))) {
         for (set, flag) in [(cli.json, "--json"), (cli.all, "--all")] {
             if set {
-                return Err(<Cli as clap::CommandFactory>::command().error(
-                    clap::error::ErrorKind::ArgumentConflict,
-                    format!("`top` is a live view; {flag} is for the stream (run without `top`)"),
-                ));
+                return Err(conflict(format!(
+                    "`top` is a live view; {flag} is for the stream (run without `top`)"
+                )));
             }
         }
     }
@@ -282,6 +305,22 @@ mod tests {
             assert!(!one_line_error(&err).contains('\n'), "{bad:?}");
         }
         assert!(one_line_error(&args(&["top", "--json"]).unwrap_err()).contains("live view"));
+    }
+
+    #[test]
+    fn metrics_address_and_quiet() {
+        let cli = args(&["--metrics", ":9464", "--quiet"]).unwrap();
+        assert_eq!(cli.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        assert!(cli.quiet);
+        assert_eq!(args(&[]).unwrap().metrics, None);
+        for bad in [
+            &["--metrics", "9464"][..],
+            &["--quiet", "--json"],
+            &["--quiet", "top"],
+        ] {
+            let err = args(bad).expect_err("refused");
+            assert!(!one_line_error(&err).contains('\n'), "{bad:?}");
+        }
     }
 
     #[test]

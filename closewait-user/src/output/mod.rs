@@ -4,6 +4,7 @@
 
 pub mod format;
 pub mod json;
+pub mod metrics;
 pub mod sanitize;
 pub mod schema;
 pub mod text;
@@ -56,6 +57,49 @@ pub trait Output {
     /// wait for lookups still running.
     fn is_live(&self) -> bool {
         false
+    }
+}
+
+/// Several outputs fed the same stream (the stdout stream and metrics).
+pub struct Tee(pub Vec<Box<dyn Output>>);
+
+impl Output for Tee {
+    fn start(&mut self, info: &StartInfo, now_ns: u64) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|o| o.start(info, now_ns))
+    }
+
+    fn event(&mut self, e: &Enriched) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|o| o.event(e))
+    }
+
+    fn group(&mut self, g: &Group, now_ns: u64) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|o| o.group(g, now_ns))
+    }
+
+    fn lost(&mut self, delta: &Drops, now_ns: u64) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|o| o.lost(delta, now_ns))
+    }
+
+    fn summary(&mut self, model: &Model, ran: Duration, now_ns: u64) -> io::Result<()> {
+        self.0
+            .iter_mut()
+            .try_for_each(|o| o.summary(model, ran, now_ns))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|o| o.flush())
+    }
+
+    fn tick(&mut self, model: &Model, now_ns: u64) -> io::Result<bool> {
+        let mut quit = false;
+        for o in &mut self.0 {
+            quit |= o.tick(model, now_ns)?;
+        }
+        Ok(quit)
+    }
+
+    fn is_live(&self) -> bool {
+        self.0.iter().all(|o| o.is_live())
     }
 }
 

@@ -279,6 +279,7 @@ fn model_with_stuck() -> Model {
             max_ns: 20 * S,
             count: 9,
         }),
+        ..Counts::default()
     });
     m.set_drops(Drops {
         ringbuf_full: 3,

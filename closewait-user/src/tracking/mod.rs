@@ -7,4 +7,6 @@ pub mod tracker;
 
 pub use events::{Family, Observed, Socket, Transition};
 pub use filter::{Filter, OwnerFilter};
-pub use tracker::{Bound, Counts, Found, Percentiles, Report, Totals, Tracker};
+pub use tracker::{
+    Bound, Counts, DwellBuckets, Found, Percentiles, Report, Totals, Tracker, DWELL_BUCKETS_S,
+};

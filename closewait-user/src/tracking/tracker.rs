@@ -107,6 +107,30 @@ pub struct Totals {
     pub recovered_exits: u64,
 }
 
+/// Upper bounds (seconds) of the dwell histogram's buckets, 1 ms to past
+/// an hour, doubling.
+pub const DWELL_BUCKETS_S: [f64; 23] = {
+    let mut b = [0.0; 23];
+    let mut i = 0;
+    let mut v = 0.001;
+    while i < 23 {
+        b[i] = v;
+        v *= 2.0;
+        i += 1;
+    }
+    b
+};
+
+/// Closed sockets' exact dwells by bucket of [`DWELL_BUCKETS_S`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DwellBuckets {
+    /// Per bucket, not cumulative; what is above the last is only in
+    /// `count`.
+    pub counts: Vec<u64>,
+    pub sum_s: f64,
+    pub count: u64,
+}
+
 /// Counts for the read model.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Counts {
@@ -115,6 +139,8 @@ pub struct Counts {
     pub in_close_wait: usize,
     /// Dwell percentiles of sockets that closed with an exactly known dwell.
     pub dwell: Option<Percentiles>,
+    /// The same dwells as histogram buckets (the metrics' histogram).
+    pub dwell_buckets: DwellBuckets,
 }
 
 /// A socket still stuck (the read model keeps the list the outputs show;
@@ -505,7 +531,30 @@ impl Tracker {
             max_ns: h.max() * 1_000,
             count: h.len(),
         });
+        // Cumulative counts, differenced: hdrhistogram counts whole buckets
+        // (0.1% wide here), so adjacent ranges would share the one at the
+        // bound.
+        let mut below = 0;
+        let counts = DWELL_BUCKETS_S
+            .iter()
+            .map(|&bound| {
+                let upto = if h.is_empty() {
+                    0
+                } else {
+                    h.count_between(0, (bound * 1e6) as u64)
+                };
+                let n = upto.saturating_sub(below);
+                below = below.max(upto);
+                n
+            })
+            .collect();
+        let dwell_buckets = DwellBuckets {
+            counts,
+            sum_s: h.mean() * h.len() as f64 / 1e6,
+            count: h.len(),
+        };
         Counts {
+            dwell_buckets,
             totals: self.totals,
             in_close_wait: self
                 .table
@@ -780,6 +829,13 @@ mod tests {
         assert!(near(p.p90_ns, 90 * MS), "{p:?}");
         assert!(near(p.p99_ns, 99 * MS), "{p:?}");
         assert!(near(p.max_ns, 100 * MS), "{p:?}");
+        // The same dwells in the metrics' buckets: 1 ms in the first, 2 in
+        // (1, 2], 4 in (2, 4], ... 36 in (64, 128].
+        let b = t.counts().dwell_buckets;
+        assert_eq!(b.count, 100);
+        assert_eq!(b.counts[..8], [1, 1, 2, 4, 8, 16, 32, 36], "{b:?}");
+        assert_eq!(b.counts.iter().sum::<u64>(), 100);
+        assert!((b.sum_s - 5.05).abs() < 0.01, "{b:?}");
     }
 
     // ----- the owner filter's gate -----
