@@ -56,3 +56,48 @@ pub fn target_dir() -> PathBuf {
     let dir = env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| "target".into());
     cmd::workspace_root().join(dir)
 }
+
+/// The target of the static binary.
+pub const MUSL: &str = "x86_64-unknown-linux-musl";
+
+/// `cargo xtask dist`: one static binary (musl) in `target/dist/`, with
+/// its SHA-256 next to it (`sha256sum -c closewait-trace.sha256`). Returns
+/// the binary's path.
+pub fn dist() -> Result<PathBuf> {
+    setup::setup()?;
+    setup::musl_target()?;
+    let mut cargo = cmd::cargo();
+    cargo.env("RUSTC_BOOTSTRAP", "1").args([
+        "build",
+        "--release",
+        "--target",
+        MUSL,
+        "-p",
+        "closewait-user",
+        "--bin",
+        "closewait-trace",
+    ]);
+    cmd::run_echoed(&mut cargo)?;
+    let built = target_dir()
+        .join(MUSL)
+        .join("release")
+        .join("closewait-trace");
+    let dir = target_dir().join("dist");
+    std::fs::create_dir_all(&dir)?;
+    let binary = dir.join("closewait-trace");
+    // Replace, not overwrite: a running copy keeps its inode.
+    let _ = std::fs::remove_file(&binary);
+    std::fs::copy(&built, &binary)?;
+    let mut sum = Command::new("sha256sum");
+    sum.current_dir(&dir).arg("closewait-trace");
+    let out = sum.output()?;
+    anyhow::ensure!(out.status.success(), "sha256sum failed");
+    std::fs::write(dir.join("closewait-trace.sha256"), &out.stdout)?;
+    eprintln!(
+        "built {} (static, {}): {}",
+        binary.display(),
+        MUSL,
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+    Ok(binary)
+}

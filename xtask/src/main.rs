@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what is missing: rust-src, bpf-linker 0.13 (built against LLVM 22), iproute2,
-    /// util-linux, tmux. Only installs on Debian-based systems; elsewhere prints the commands
+    /// util-linux, tmux, prometheus. Only installs on Debian-based systems; elsewhere prints the commands
     Setup,
     /// Run setup, then build closewait-trace (`cargo build -p closewait-user`)
     Build(build::BuildArgs),
@@ -34,6 +34,9 @@ enum Task {
         #[arg(last = true, value_name = "ARGS")]
         trace_args: Vec<OsString>,
     },
+    /// Build one static binary (musl) in target/dist/, with its SHA-256, for hosts with no Rust
+    /// and any libc
+    Dist,
     /// Run setup, the host unit tests, then the kernel tests (these need root)
     Test(test::TestArgs),
     /// Run setup, build (release), then benchmark closewait-trace against an empty program and
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
             eprintln!("built {}", binary.display());
         }),
         Task::Run { build, trace_args } => build::run(&build, &trace_args),
+        Task::Dist => build::dist().map(|_| ()),
         Task::Test(args) => test::test(&args),
         Task::Bench(args) => bench::bench(&args),
     };

@@ -34,6 +34,29 @@ pub fn setup() -> Result<()> {
     setup.program("setpriv", "util-linux")?;
     // The live view's test runs it in a real terminal.
     setup.program("tmux", "tmux")?;
+    // The metrics test scrapes with a real Prometheus and lints with promtool.
+    setup.program("promtool", "prometheus")?;
+    // The DaemonSet's test validates it against the Kubernetes schema.
+    setup.python_module("kubernetes_validate", KUBERNETES_VALIDATE)?;
+    setup.finish()
+}
+
+/// The musl target `cargo xtask dist` builds for (rustup's rust-std).
+pub fn musl_target() -> Result<()> {
+    let mut setup = Setup::detect();
+    let installed =
+        probe(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    if installed.lines().any(|t| t.trim() == crate::build::MUSL) {
+        eprintln!("rust-std for {}: present", crate::build::MUSL);
+    } else {
+        let mut add = Command::new("rustup");
+        add.args(["target", "add", crate::build::MUSL]);
+        setup.step(
+            &format!("installing rust-std for {}", crate::build::MUSL),
+            add,
+            true,
+        )?;
+    }
     setup.finish()
 }
 
@@ -51,6 +74,8 @@ pub fn setup_bench() -> Result<()> {
 /// Debian packages virtme-ng needs to boot a kernel: qemu, and busybox for
 /// the guest's init.
 const GUEST_DEBS: &[&str] = &["qemu-system-x86", "busybox-static"];
+/// The schema validator the DaemonSet's test runs (PyPI).
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 /// The virtme-ng release the guest runs were verified with.
 const VIRTME_NG: &str = "virtme-ng==1.42";
 
@@ -269,6 +294,22 @@ impl Setup {
         let can_run = self.apt_sudo.is_some();
         self.step(&format!("installing {package}"), install, can_run)?;
         Ok(guest::installed_debian_61())
+    }
+
+    /// Python module `module` importable, installed from PyPI as `package`
+    /// when missing.
+    fn python_module(&mut self, module: &str, package: &str) -> Result<()> {
+        let mut import = Command::new("python3");
+        import.args(["-c", &format!("import {module}")]);
+        if probe(&mut import).is_some() {
+            eprintln!("{package}: present");
+            return Ok(());
+        }
+        let mut pip = Command::new("python3");
+        pip.args(["-m", "pip", "install", "-q", package]);
+        let can_run = find_program("python3").is_some();
+        self.step(&format!("installing {package}"), pip, can_run)?;
+        Ok(())
     }
 
     /// `vng` on PATH or in Python's scripts directory, installed with pip

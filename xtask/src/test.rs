@@ -73,6 +73,14 @@ pub fn test(args: &TestArgs) -> Result<()> {
         ]),
         false,
     )];
+    if !args.unit_only && !args.guest_only {
+        // The static binary, for its own tests (tests/fleet.rs).
+        steps.push(Step {
+            name: "build the static binary (cargo xtask dist)".into(),
+            run: Box::new(|| build::dist().map(|_| ())),
+            needs_previous: false,
+        });
+    }
     if !args.unit_only {
         // closewait-tests does not depend on the agent: build it here, the
         // release build that users run, and tell the tests where it is.
@@ -90,9 +98,11 @@ pub fn test(args: &TestArgs) -> Result<()> {
             false,
         ));
         if !args.guest_only {
+            let dist = build::target_dir().join("dist").join("closewait-trace");
             let mut kernel = cargo(&["test", "-p", "closewait-tests", "--", "--test-threads=1"]);
             kernel
                 .env("CLOSEWAIT_TRACE_BIN", &agent)
+                .env("CLOSEWAIT_DIST_BIN", &dist)
                 .args(&args.kernel_args);
             let name = format!("kernel tests (root) on the running kernel, {}", uname_r());
             steps.push(Step::cargo(&name, kernel, true));
