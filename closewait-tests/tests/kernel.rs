@@ -11,13 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{NetNs, Tracer};
+use support::{localhost4, port_of, NetNs, Tracer};
 
 const S: Duration = Duration::from_secs(1);
-
-fn localhost4() -> IpAddr {
-    IpAddr::from([127, 0, 0, 1])
-}
 
 /// The scenario the tool exists for: the client closes, the server never
 /// does. Entry, stuck on time, then the server closes: LAST_ACK and a dwell
@@ -1468,10 +1464,6 @@ fn stuck_on(tracer: &mut Tracer, port: u16) -> serde_json::Value {
     })
 }
 
-fn port_of(line: &std::collections::HashMap<String, String>) -> u16 {
-    line["port"].parse().expect("a port")
-}
-
 /// A fresh namespace, a patterns.py server in it (`args`: mode, address,
 /// port...), and the tracer watching that server's port.
 fn pattern_server(
@@ -1694,136 +1686,4 @@ fn five_thousand_stuck_sockets_fit_on_one_screen() {
     assert!(out.contains("5000 stuck sockets, pid "), "{out}");
     assert!(out.contains("(flooder)"), "{out}");
     assert!(out.contains("and 4995 more in 1 group"), "{out}");
-}
-
-// ---- the live view ----
-
-/// `closewait-trace top` in a real terminal (tmux): the leaking process's
-/// group appears with its count and owner, Enter shows its sockets and
-/// stack, `q` quits with status 0 and leaves the alternate screen.
-#[test]
-fn top_shows_the_stuck_group_live_and_quits_on_q() {
-    support::require_root();
-    let ns = NetNs::new("top-live");
-    let mut server =
-        support::Leaker::spawn(&ns, None, "patterns", &["closing-server", "127.0.0.1", "0"]);
-    let port = port_of(&server.expect("listening")).to_string();
-    let tmux = support::tmux::Tmux::start("top", 160, 40);
-    tmux.type_line(&format!(
-        "{} top --threshold 300ms --port {port}; echo EXIT=$?",
-        support::bin().display()
-    ));
-    // (Not the command line's "closewait-trace top": the header's counts.)
-    tmux.wait_for("the view", 20 * S, |s| s.contains("events lost"));
-    assert!(tmux.alternate_on(), "the view is on the alternate screen");
-    let mut flood = support::Leaker::spawn(
-        &ns,
-        None,
-        "patterns",
-        &["flood", "127.0.0.1", &port, "7", "--name", "leaky-pool"],
-    );
-    let pid = flood.expect("ready")["pid"].clone();
-    let owner = format!("{pid} (leaky-pool)");
-    let screen = tmux.wait_for("the group row", 10 * S, |s| {
-        s.lines().any(|l| l.starts_with("7 ") && l.contains(&owner))
-    });
-    let row = screen.lines().find(|l| l.contains(&owner)).unwrap();
-    assert!(row.contains(&format!("127.0.0.1:{port}")), "{screen}");
-    assert!(screen.contains("7 stuck"), "header: {screen}");
-    tmux.keys("Enter");
-    let detail = tmux.wait_for("the detail", 5 * S, |s| s.contains("Sockets (7):"));
-    assert!(detail.contains("7 stuck sockets, pid "), "{detail}");
-    assert!(detail.contains("Hint: "), "{detail}");
-    tmux.keys("Escape");
-    tmux.wait_for("the table again", 5 * S, |s| s.contains("CREATED AT"));
-    tmux.keys("q");
-    let after = tmux.wait_for("the exit status", 10 * S, |s| s.contains("EXIT="));
-    assert!(after.contains("EXIT=0"), "{after}");
-    assert!(!tmux.alternate_on(), "the alternate screen was left");
-    assert!(
-        !after.contains("CREATED AT"),
-        "nothing of the view left on the normal screen:\n{after}"
-    );
-}
-
-/// Ctrl-C (raw mode: the key, not a signal) and SIGTERM end the view as
-/// `q` does, the terminal restored each time.
-#[test]
-fn top_quits_on_ctrl_c_and_sigterm_and_restores_the_terminal() {
-    support::require_root();
-    let tmux = support::tmux::Tmux::start("top-int", 120, 30);
-    for (round, how) in ["ctrl-c", "sigterm"].iter().enumerate() {
-        tmux.type_line(&format!(
-            "clear; {} top --port 9; echo EXIT{round}=$?",
-            support::bin().display()
-        ));
-        tmux.wait_for("the view", 20 * S, |s| s.contains("No socket stuck"));
-        assert!(tmux.alternate_on(), "{how}");
-        if *how == "ctrl-c" {
-            tmux.keys("C-c");
-        } else {
-            let killed = std::process::Command::new("pkill")
-                .args(["-TERM", "-P", &tmux.shell_pid().to_string()])
-                .status()
-                .unwrap();
-            assert!(killed.success(), "the view's process");
-        }
-        let done = format!("EXIT{round}=");
-        let after = tmux.wait_for("the exit status", 10 * S, |s| s.contains(&done));
-        assert!(after.contains(&format!("EXIT{round}=0")), "{how}: {after}");
-        assert!(!tmux.alternate_on(), "{how}");
-        assert!(!after.contains("No socket stuck"), "{how}: {after}");
-    }
-}
-
-/// Not a terminal: `top` refuses in one line; `top --once` prints the
-/// table once.
-#[test]
-fn top_once_prints_the_table_and_top_without_a_terminal_refuses() {
-    let out = support::run_to_end(&["top", "--port", "9"], false);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(
-        err.contains("needs a terminal") && err.contains("--once"),
-        "{err}"
-    );
-
-    let ns = NetNs::new("top-once");
-    let listener = ns.listen(localhost4());
-    let port = listener.local_addr().unwrap().port().to_string();
-    let mut leaker = support::Leaker::spawn(
-        &ns,
-        None,
-        "c",
-        &["connect", "127.0.0.1", &port, "--name", "once-leaker"],
-    );
-    drop(listener.accept().unwrap());
-    let pid = leaker.expect("ready")["pid"].clone();
-    // Found at start, stuck at once (threshold 0), shown after one interval.
-    let out = support::run_to_end(
-        &[
-            "top",
-            "--once",
-            "-d",
-            "1",
-            "--threshold",
-            "0s",
-            "--port",
-            &port,
-        ],
-        false,
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{out:?}");
-    assert!(text.starts_with("closewait-trace top"), "{text}");
-    let row = text
-        .lines()
-        .find(|l| l.contains(&format!("{pid} (once-leaker)")))
-        .unwrap_or_else(|| panic!("no row for the leaker:\n{text}"));
-    assert!(row.starts_with("1 "), "{row}");
-    assert!(
-        !text.contains('\u{1b}'),
-        "plain text, no escape sequences: {text:?}"
-    );
 }

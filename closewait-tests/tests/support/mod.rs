@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod http;
 pub mod tmux;
 
 use std::{
@@ -180,11 +181,49 @@ impl Tracer {
         t
     }
 
+    /// Start with `--json` under a wrapper (`setpriv ...`), which execs the
+    /// binary with `args`; wait for the `start` event. `None` when it exits
+    /// (or says nothing) before that.
+    pub fn try_start_under(wrapper: &[&str], args: &[&str]) -> Option<Tracer> {
+        let bin = bin().display().to_string();
+        Tracer::try_start(&[wrapper, &[bin.as_str()]].concat(), args)
+    }
+
+    /// Start `cmd` (a wrapper that runs some closewait-trace itself) with
+    /// `args` and `--json`; wait for the `start` event.
+    pub fn start_under_cmd(cmd: &[&str], args: &[&str]) -> Tracer {
+        let mut t = Tracer::spawn_argv(cmd, args);
+        t.expect("start", Duration::from_secs(20), |v| v["event"] == "start");
+        t
+    }
+
+    fn try_start(argv: &[&str], args: &[&str]) -> Option<Tracer> {
+        let mut t = Tracer::spawn_argv(argv, args);
+        t.try_expect(Duration::from_secs(20), |v| v["event"] == "start")?;
+        Some(t)
+    }
+
+    fn spawn_argv(argv: &[&str], args: &[&str]) -> Tracer {
+        require_root();
+        let mut cmd = Command::new(argv[0]);
+        cmd.args(&argv[1..])
+            .args(args)
+            .arg("--json")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Tracer::spawn_cmd(cmd, true)
+    }
+
     fn spawn(args: &[&str], json: bool) -> Tracer {
         let mut cmd = agent(args);
         if json {
             cmd.arg("--json");
         }
+        Tracer::spawn_cmd(cmd, json)
+    }
+
+    fn spawn_cmd(mut cmd: Command, json: bool) -> Tracer {
         let mut child = cmd.spawn().expect("spawn closewait-trace");
         let lines = line_reader(child.stdout.take().expect("stdout"));
         let stderr = Arc::new(Mutex::new(String::new()));
@@ -253,10 +292,25 @@ impl Tracer {
 
     fn wait_for(&mut self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
         let timeout = slowed(timeout);
+        self.try_wait_for(timeout, pred).unwrap_or_else(|why| {
+            panic!(
+                "expected {what} {why}; got:\n{}\nstderr:\n{}",
+                self.seen.join("\n"),
+                self.stderr.lock().unwrap()
+            )
+        })
+    }
+
+    /// The first line `pred` accepts within `timeout`, or why not.
+    fn try_wait_for(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<String, String> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(i) = self.pending.iter().position(|l| pred(l)) {
-                return self.pending.remove(i).expect("index is valid");
+                return Ok(self.pending.remove(i).expect("index is valid"));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
@@ -270,19 +324,28 @@ impl Tracer {
                     self.seen.push(line.clone());
                     self.pending.push_back(line);
                 }
-                Err(RecvTimeoutError::Timeout) => panic!(
-                    "expected {what} within {timeout:?}; got:\n{}\nstderr:\n{}",
-                    self.seen.join("\n"),
-                    self.stderr.lock().unwrap()
-                ),
-                Err(RecvTimeoutError::Disconnected) => panic!(
-                    "expected {what}, but the tracer exited ({:?}); got:\n{}\nstderr:\n{}",
-                    self.child.wait(),
-                    self.seen.join("\n"),
-                    self.stderr.lock().unwrap()
-                ),
+                Err(RecvTimeoutError::Timeout) => return Err(format!("within {timeout:?}")),
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(format!("but the tracer exited ({:?})", self.child.wait()))
+                }
             }
         }
+    }
+
+    /// Like `expect`, `None` instead of a panic (timeout or exit).
+    pub fn try_expect(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        let line = self
+            .try_wait_for(slowed(timeout), |l| {
+                serde_json::from_str::<Value>(l)
+                    .map(|v| pred(&v))
+                    .unwrap_or(false)
+            })
+            .ok()?;
+        serde_json::from_str(&line).ok()
     }
 
     fn signal(&self, sig: libc::c_int) {
@@ -483,10 +546,17 @@ pub struct Cgroup {
     dir: std::path::PathBuf,
     /// As /proc/PID/cgroup shows it, e.g. `/cwt-owner-123`.
     pub path: String,
+    /// Directories this created, outermost first (removed innermost first).
+    made: Vec<std::path::PathBuf>,
 }
-
 impl Cgroup {
     pub fn new(tag: &str) -> Cgroup {
+        Cgroup::at(&format!("/cwt-{tag}-{}", std::process::id()))
+    }
+
+    /// A cgroup at `path` below the cgroup2 root (e.g. a kubelet layout),
+    /// creating the levels that are missing.
+    pub fn at(path: &str) -> Cgroup {
         let mounts = std::fs::read_to_string("/proc/mounts").expect("/proc/mounts");
         let root = mounts
             .lines()
@@ -495,25 +565,36 @@ impl Cgroup {
                 (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_string())
             })
             .expect("a cgroup2 mount");
-        let path = format!("/cwt-{tag}-{}", std::process::id());
-        let dir = std::path::PathBuf::from(format!("{root}{path}"));
-        std::fs::create_dir_all(&dir).expect("mkdir cgroup");
-        Cgroup { dir, path }
+        let mut made = Vec::new();
+        let mut dir = std::path::PathBuf::from(&root);
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            dir.push(part);
+            if !dir.exists() {
+                std::fs::create_dir(&dir).expect("mkdir cgroup");
+                made.push(dir.clone());
+            }
+        }
+        Cgroup {
+            dir,
+            path: path.to_string(),
+            made,
+        }
     }
 
     pub fn procs_file(&self) -> std::path::PathBuf {
         self.dir.join("cgroup.procs")
     }
 }
-
 impl Drop for Cgroup {
     fn drop(&mut self) {
         // Processes must be gone first; retry briefly while they exit.
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.dir).is_ok() {
-                return;
+        for dir in self.made.iter().rev() {
+            for _ in 0..50 {
+                if std::fs::remove_dir(dir).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -626,4 +707,59 @@ impl Drop for Leaker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A directory for one test, removed at the end.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("cwt-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A helper server (Prometheus) for one test; killed at the end. Its
+/// output goes to a file shown if the test fails while reading it.
+pub struct Daemon(Child);
+
+impl Daemon {
+    pub fn spawn(cmd: &mut Command) -> Daemon {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e} (`cargo xtask setup` installs it)"));
+        Daemon(child)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn localhost4() -> IpAddr {
+    IpAddr::from([127, 0, 0, 1])
+}
+
+/// The `port=` of a leaker's line.
+pub fn port_of(line: &std::collections::HashMap<String, String>) -> u16 {
+    line["port"].parse().expect("a port")
 }
