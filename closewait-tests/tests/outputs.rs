@@ -148,6 +148,20 @@ fn top_once_prints_the_table_and_top_without_a_terminal_refuses() {
 
 // ---- metrics and pods ----
 
+/// The tracer on `port` with `--metrics` on a free loopback port.
+fn tracer_with_metrics(port: &str) -> (Tracer, SocketAddr) {
+    let mport = support::http::free_port();
+    let tracer = Tracer::start(&[
+        "--threshold",
+        "300ms",
+        "--port",
+        port,
+        "--metrics",
+        &format!(":{mport}"),
+    ]);
+    (tracer, SocketAddr::from(([127, 0, 0, 1], mport)))
+}
+
 /// A real Prometheus scrapes `--metrics`: its query API reports as many
 /// stuck sockets as the test leaked, and `promtool check metrics` accepts
 /// a scrape.
@@ -160,16 +174,7 @@ fn prometheus_scrapes_as_many_stuck_sockets_as_were_leaked() {
     let mut server =
         support::Leaker::spawn(&ns, None, "patterns", &["closing-server", "127.0.0.1", "0"]);
     let port = port_of(&server.expect("listening")).to_string();
-    let mport = http::free_port();
-    let metrics: SocketAddr = format!("127.0.0.1:{mport}").parse().unwrap();
-    let mut tracer = Tracer::start(&[
-        "--threshold",
-        "300ms",
-        "--port",
-        &port,
-        "--metrics",
-        &format!(":{mport}"),
-    ]);
+    let (mut tracer, metrics) = tracer_with_metrics(&port);
     let dir = support::TempDir::new("prom");
     let config = dir.path().join("prometheus.yml");
     std::fs::write(
@@ -281,16 +286,7 @@ fn malformed_and_slow_metrics_clients_do_not_affect_tracing() {
     let ns = NetNs::new("metrics-slow");
     let listener = ns.listen(localhost4());
     let port = listener.local_addr().unwrap().port().to_string();
-    let mport = http::free_port();
-    let metrics: SocketAddr = format!("127.0.0.1:{mport}").parse().unwrap();
-    let mut tracer = Tracer::start(&[
-        "--threshold",
-        "300ms",
-        "--port",
-        &port,
-        "--metrics",
-        &format!(":{mport}"),
-    ]);
+    let (mut tracer, metrics) = tracer_with_metrics(&port);
     // More silent connections than the server's slots.
     let silent: Vec<std::net::TcpStream> = (0..40)
         .map(|_| std::net::TcpStream::connect(metrics).unwrap())

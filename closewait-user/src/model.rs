@@ -410,16 +410,7 @@ impl Model {
         let mut out: Vec<StuckView> = state
             .members
             .iter()
-            .filter_map(|id| {
-                let r = self.reported.get(id)?;
-                Some(StuckView {
-                    id: *id,
-                    socket: &r.socket,
-                    dwell_ns: now_ns.saturating_sub(r.enter_ns),
-                    bound: r.bound,
-                    ctx: r.ctx.as_deref(),
-                })
-            })
+            .filter_map(|id| Some(view(*id, self.reported.get(id)?, now_ns)))
             .collect();
         out.sort_by(|a, b| b.dwell_ns.cmp(&a.dwell_ns).then(a.id.cmp(&b.id)));
         out
@@ -449,13 +440,7 @@ impl Model {
             .reported
             .iter()
             .filter(|(_, r)| r.stuck)
-            .map(|(id, r)| StuckView {
-                id: *id,
-                socket: &r.socket,
-                dwell_ns: now_ns.saturating_sub(r.enter_ns),
-                bound: r.bound,
-                ctx: r.ctx.as_deref(),
-            })
+            .map(|(id, r)| view(*id, r, now_ns))
             .collect();
         out.sort_by(|a, b| b.dwell_ns.cmp(&a.dwell_ns).then(a.id.cmp(&b.id)));
         out
@@ -466,6 +451,16 @@ impl Model {
         let mut groups: Vec<Group> = self.groups.keys().map(|k| self.group(k, now_ns)).collect();
         groups.sort_by(|a, b| b.count.cmp(&a.count).then(a.key.cmp(&b.key)));
         groups
+    }
+}
+
+fn view(id: u64, r: &Reported, now_ns: u64) -> StuckView<'_> {
+    StuckView {
+        id,
+        socket: &r.socket,
+        dwell_ns: now_ns.saturating_sub(r.enter_ns),
+        bound: r.bound,
+        ctx: r.ctx.as_deref(),
     }
 }
 
