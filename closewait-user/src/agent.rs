@@ -363,6 +363,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     privileges::check()?;
     privileges::raise_memlock();
+    privileges::raise_nofile();
     enrich::pod::set_log_dir(&cli.pod_logs);
     // Bound before attaching: a busy port is one line and exit 1.
     let metrics_listener = cli

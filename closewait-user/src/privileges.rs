@@ -20,6 +20,23 @@ fn can_trace(caps: u64) -> bool {
     has(caps, CAP_SYS_ADMIN) || (has(caps, CAP_BPF) && has(caps, CAP_PERFMON))
 }
 
+/// Lift the soft RLIMIT_NOFILE to the hard one: the maps, programs and
+/// the namespace scan take descriptors, and services start with a soft
+/// limit of 1024 (or less) under a much higher hard one.
+pub fn raise_nofile() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls with a valid struct; failure leaves the limit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it. Harmless
 /// (and unneeded) on newer kernels.
 pub fn raise_memlock() {

@@ -31,7 +31,15 @@ pub fn list_netns() -> Vec<NetNs> {
             collector.add(entry.path());
         }
     }
-    if let Ok(processes) = procfs::process::all_processes() {
+    let processes = procfs::process::all_processes();
+    if let Err(err) = &processes {
+        // Said once: every reconciliation scan would repeat it.
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            eprintln!("closewait-trace: warning: cannot list processes to find their network namespaces ({err}): scanning only the ones found otherwise");
+        });
+    }
+    if let Ok(processes) = processes {
         for process in processes.flatten() {
             let pid = process.pid();
             collector.add(PathBuf::from(format!("/proc/{pid}/ns/net")));

@@ -167,6 +167,9 @@ pub struct Kernel {
     stacks_armed: Option<Array<MapData, u32>>,
     /// The load set a non-zero capture budget.
     budget: bool,
+    /// Last count of skipped runs read, and whether a failed read was said.
+    recursion_seen: std::cell::Cell<u64>,
+    recursion_warned: std::cell::Cell<bool>,
     /// The accept() recorder is loaded lazily and attached when stacks are
     /// armed: an enabled syscall tracepoint slows every syscall on the host.
     accept_ready: bool,
@@ -226,6 +229,7 @@ impl Probe {
         let probe = match mode {
             AttachMode::TpBtf => match Self::load_btf(opts, AttachMode::TpBtf) {
                 Ok(probe) => probe,
+                Err(err) if is_out_of_fds(&err) => return Err(out_of_fds(err)),
                 Err(err) if opts.attach.is_none() => {
                     let err = format!("{err:#}");
                     let missing = if Features::is_cookie_refusal(&err) {
@@ -361,6 +365,8 @@ impl Probe {
                 prog_fd,
                 stacks_armed,
                 budget: false,
+                recursion_seen: Default::default(),
+                recursion_warned: Default::default(),
                 accept_ready: accept_ready && stacks,
                 eof_reads: None,
                 ebpf,
@@ -413,6 +419,23 @@ impl Kernel {
         }
     }
 
+    /// The kernel's count of runs skipped, or the last one read when
+    /// fdinfo cannot be read now (out of descriptors): said once.
+    fn recursion_misses(&self) -> u64 {
+        match recursion_misses(&self.prog_fd) {
+            Ok(n) => {
+                self.recursion_seen.set(n);
+                n
+            }
+            Err(err) => {
+                if !self.recursion_warned.replace(true) {
+                    eprintln!("closewait-trace: warning: cannot read the count of skipped runs ({err:#}); lost events may be undercounted");
+                }
+                self.recursion_seen.get()
+            }
+        }
+    }
+
     /// Current totals of everything the kernel dropped.
     pub fn drops(&self) -> anyhow::Result<Drops> {
         let sum =
@@ -422,7 +445,7 @@ impl Kernel {
             read_failed: sum(counter::READ_FAILED)?,
             stack_failed: sum(counter::STACK_FAILED)?,
             over_budget: sum(counter::OVER_BUDGET)?,
-            recursion_misses: recursion_misses(&self.prog_fd)?,
+            recursion_misses: self.recursion_misses(),
         })
     }
 }
@@ -587,6 +610,29 @@ fn recursion_misses(fd: &ProgramFd) -> anyhow::Result<u64> {
     let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     Ok(fdinfo_field(&text, "recursion_misses").unwrap_or(0))
+}
+
+/// Whether loading failed for want of file descriptors (EMFILE, ENFILE):
+/// not a missing kernel feature, so no fallback.
+fn is_out_of_fds(err: &anyhow::Error) -> bool {
+    let text = format!("{err:#}");
+    text.contains("Too many open files") || text.contains("os error 23")
+}
+
+fn out_of_fds(err: anyhow::Error) -> anyhow::Error {
+    let limit = nofile_limit().map_or_else(|| "?".to_string(), |n| n.to_string());
+    anyhow::anyhow!(
+        "out of file descriptors loading the kernel program (RLIMIT_NOFILE {limit}; it needs about 64): raise it (ulimit -n) ({err:#})"
+    )
+}
+
+fn nofile_limit() -> Option<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills a valid struct.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0).then_some(r.rlim_cur)
 }
 
 /// `name:\tvalue` from an fdinfo file.
