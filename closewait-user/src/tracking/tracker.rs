@@ -923,4 +923,89 @@ mod tests {
         assert_eq!(t.totals().recovered_enters, 0);
         assert_eq!(t.counts().in_close_wait, 1);
     }
+
+    /// Hostile input: ring-buffer records of any bytes (a corrupt or
+    /// mismatched kernel object) through the decoder, the event parser and
+    /// the tracker, with scans and clock jumps in between: never a panic,
+    /// and the counts stay consistent.
+    mod fuzz {
+        use closewait_common::{decode, StateEvent};
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// A record: a real-looking event with fields from `bytes`, or the
+        /// raw bytes themselves.
+        fn record(raw: bool, bytes: &[u8], kind_ok: bool) -> Vec<u8> {
+            if raw {
+                return bytes.to_vec();
+            }
+            let mut ev = StateEvent::zeroed();
+            let b = |i: usize| bytes.get(i).copied().unwrap_or(0);
+            ev.old_state = b(0) % 14;
+            ev.new_state = b(1) % 14;
+            ev.family = if b(2) % 2 == 0 { 2 } else { 10 };
+            ev.ts_ns = u64::from(b(3)) * 1_000_000_000 + u64::from(b(4)) * 1_000_000;
+            ev.cookie = u64::from(b(5) % 8);
+            ev.sport = u16::from(b(6));
+            ev.dport = u16::from(b(7));
+            ev.saddr[..4].copy_from_slice(&[127, 0, 0, b(8)]);
+            // SAFETY: StateEvent is plain data.
+            let mut out = unsafe {
+                std::slice::from_raw_parts(
+                    (&ev as *const StateEvent).cast::<u8>(),
+                    StateEvent::SIZE,
+                )
+            }
+            .to_vec();
+            if !kind_ok {
+                out[0] ^= 0xff;
+            }
+            out
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                cases: 2000,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            })]
+
+            #[test]
+            fn any_records_never_panic_and_counts_hold(
+                records in prop::collection::vec(
+                    (any::<bool>(), prop::collection::vec(any::<u8>(), 0..96), any::<bool>(), any::<u8>()),
+                    0..64,
+                ),
+                cookies in any::<bool>(),
+            ) {
+                let mut t = Tracker::new(S, false, false);
+                let mut entered = 0u64;
+                for (raw, bytes, kind_ok, action) in &records {
+                    let buf = record(*raw, bytes, *kind_ok);
+                    let Ok(ev) = decode(&buf) else { continue };
+                    let Some(obs) = Observed::from_raw(&ev, cookies) else { continue };
+                    if matches!(obs.transition, Transition::Enter { .. }) {
+                        entered += 1;
+                    }
+                    let id = obs.socket.id(cookies);
+                    let ts = obs.ts_ns;
+                    let _ = t.on_event(id, obs);
+                    match action % 4 {
+                        0 => { let _ = t.poll_stuck(ts.saturating_add(u64::from(*action) * S)); }
+                        1 => {
+                            t.begin_scan(ts);
+                            let _ = t.finish_scan(vec![found(id, u64::from(*action) * MS)], ts, false);
+                        }
+                        _ => {}
+                    }
+                }
+                let c = t.counts();
+                let total = c.totals.entered + c.totals.existing;
+                prop_assert!(c.totals.entered <= entered + c.totals.recovered_enters, "{c:?}");
+                prop_assert!(c.in_close_wait as u64 <= total, "{c:?}");
+                prop_assert!(c.totals.closed <= total, "{c:?}");
+            }
+        }
+    }
 }
