@@ -1687,3 +1687,113 @@ fn five_thousand_stuck_sockets_fit_on_one_screen() {
     assert!(out.contains("(flooder)"), "{out}");
     assert!(out.contains("and 4995 more in 1 group"), "{out}");
 }
+
+/// SIGINT, SIGTERM, SIGHUP and a closed stdout each end the run with
+/// status 0 (a summary for the signals), and every BPF program it loaded
+/// is gone from the kernel afterwards: nothing is left attached.
+#[test]
+fn every_way_to_end_detaches_every_program() {
+    let gone = |ids: &[u32]| {
+        let deadline = Instant::now() + 5 * S;
+        loop {
+            let live = support::kernel_prog_ids();
+            let left: Vec<&u32> = ids.iter().filter(|id| live.contains(id)).collect();
+            if left.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "programs {left:?} still loaded");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    for (name, sig) in [
+        ("SIGINT", libc::SIGINT),
+        ("SIGTERM", libc::SIGTERM),
+        ("SIGHUP", libc::SIGHUP),
+    ] {
+        let mut tracer = Tracer::start(&["--port", "9", "--stacks", "on"]);
+        let ids = support::prog_ids_of(tracer.pid());
+        assert!(
+            ids.len() >= 2,
+            "{name}: the tracer and the accept() recorder: {ids:?}"
+        );
+        let live = support::kernel_prog_ids();
+        assert!(
+            ids.iter().all(|id| live.contains(id)),
+            "{name}: listed while running"
+        );
+        tracer.signal(sig);
+        let (summary, status) = tracer.wait_exit(10 * S);
+        assert!(status.success(), "{name}: {status}");
+        assert_eq!(summary["event"], "summary", "{name}");
+        gone(&ids);
+    }
+    // The reader goes away: no summary to write, still a clean end.
+    let mut child = support::agent(&["--port", "9", "--json"])
+        .spawn()
+        .expect("spawn closewait-trace");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.contains("\"event\":\"start\""), "{line}");
+    let ids = support::prog_ids_of(child.id());
+    assert!(!ids.is_empty());
+    drop(stdout);
+    let deadline = Instant::now() + 5 * S;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running after its reader left"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status}");
+    gone(&ids);
+}
+
+/// A low RLIMIT_NOFILE: a low soft limit under the hard one is lifted
+/// (the tool works as usual); a hard limit too low to load the kernel
+/// program is one line that says so and exit 1, not a fallback to the
+/// classic tracepoint blamed on the kernel.
+#[test]
+fn a_low_descriptor_limit_is_lifted_or_said_in_one_line() {
+    let ns = NetNs::new("nofile");
+    let listener = ns.listen(localhost4());
+    let (_server, _) = ns.stuck_pair(&listener);
+    let port = listener.local_addr().unwrap().port().to_string();
+    let mut tracer = Tracer::start_under_cmd(
+        &[
+            "prlimit",
+            "--nofile=16:",
+            support::bin().to_str().unwrap(),
+        ],
+        &["--port", &port],
+    );
+    let start = tracer.seen()[0].clone();
+    assert_eq!(start["attach"], "tp_btf", "{start}");
+    assert_eq!(start["existing"], 1, "the scan ran: {start}");
+    tracer.interrupt();
+    assert!(!tracer.stderr().contains("warning"), "{}", tracer.stderr());
+
+    let out = std::process::Command::new("prlimit")
+        .args(["--nofile=16:16"])
+        .arg(support::bin())
+        .args(["--port", &port, "--json"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains("out of file descriptors") && stderr.contains("RLIMIT_NOFILE 16"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("no BTF"),
+        "not blamed on the kernel: {stderr}"
+    );
+    assert!(out.stdout.is_empty());
+}

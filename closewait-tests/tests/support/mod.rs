@@ -348,7 +348,11 @@ impl Tracer {
         serde_json::from_str(&line).ok()
     }
 
-    fn signal(&self, sig: libc::c_int) {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
         // SAFETY: plain kill(2) on our own child.
         let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
         assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
@@ -762,4 +766,56 @@ pub fn localhost4() -> IpAddr {
 /// The `port=` of a leaker's line.
 pub fn port_of(line: &std::collections::HashMap<String, String>) -> u16 {
     line["port"].parse().expect("a port")
+}
+
+/// The BPF programs process `pid` holds (`prog_id:` in its fdinfo).
+pub fn prog_ids_of(pid: u32) -> Vec<u32> {
+    let mut ids = Vec::new();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return ids;
+    };
+    for fd in fds.flatten() {
+        let text = std::fs::read_to_string(fd.path()).unwrap_or_default();
+        ids.extend(
+            text.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse::<u32>().ok()),
+        );
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Every BPF program the kernel has loaded now (BPF_PROG_GET_NEXT_ID): a
+/// program still attached (through a link, pinned or not) is among them.
+pub fn kernel_prog_ids() -> Vec<u32> {
+    const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
+    #[repr(C)]
+    struct NextId {
+        start_id: u32,
+        next_id: u32,
+        open_flags: u32,
+    }
+    let mut ids = Vec::new();
+    let mut attr = NextId {
+        start_id: 0,
+        next_id: 0,
+        open_flags: 0,
+    };
+    loop {
+        // SAFETY: bpf(2) with a zeroed attr of the size given.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_GET_NEXT_ID,
+                &mut attr as *mut NextId,
+                std::mem::size_of::<NextId>(),
+            )
+        };
+        if rc != 0 {
+            return ids;
+        }
+        ids.push(attr.next_id);
+        attr.start_id = attr.next_id;
+    }
 }
