@@ -1764,11 +1764,7 @@ fn a_low_descriptor_limit_is_lifted_or_said_in_one_line() {
     let (_server, _) = ns.stuck_pair(&listener);
     let port = listener.local_addr().unwrap().port().to_string();
     let mut tracer = Tracer::start_under_cmd(
-        &[
-            "prlimit",
-            "--nofile=16:",
-            support::bin().to_str().unwrap(),
-        ],
+        &["prlimit", "--nofile=16:", support::bin().to_str().unwrap()],
         &["--port", &port],
     );
     let start = tracer.seen()[0].clone();
