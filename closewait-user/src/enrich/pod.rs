@@ -37,10 +37,19 @@ pub struct Pod {
 
 /// The pod UID in a kubelet cgroup path, dashes restored.
 pub fn pod_uid(cgroup: &str) -> Option<String> {
-    let mut parts = cgroup.split('/').filter(|p| !p.is_empty());
-    // Only below a kubepods component: "pod" is a common word.
-    parts.find(|p| p.contains("kubepods"))?;
-    parts.find_map(|p| {
+    let parts: Vec<&str> = cgroup.split('/').filter(|p| !p.is_empty()).collect();
+    // From a kubepods component on ("pod" is a common word), that component
+    // included: in a cgroup namespace of its own (containerd gives one to
+    // every container on cgroup v2, this tool's DaemonSet pod included)
+    // other processes' paths are relative to it, `/../../kubepods-
+    // burstable-pod<uid>.slice/...` or `/../../pod<uid>/<id>`, so the
+    // kubepods part may be the pod's own or missing.
+    let from = match parts.iter().position(|p| p.contains("kubepods")) {
+        Some(i) => i,
+        None if parts.first() == Some(&"..") => 0,
+        None => return None,
+    };
+    parts[from..].iter().find_map(|p| {
         let p = p.strip_suffix(".slice").unwrap_or(p);
         let at = p.rfind("pod")?;
         let before = &p[..at];
@@ -158,6 +167,14 @@ mod tests {
         ] {
             assert_eq!(pod_uid(&path).as_deref(), Some(UID), "{path}");
         }
+        // Seen from a cgroup namespace of its own (another pod's view).
+        for path in [
+            format!("/../../kubepods-burstable-pod{us}.slice/cri-containerd-{ID}.scope"),
+            format!("/../kubepods-pod{us}.slice/crio-{ID}.scope"),
+            format!("/../../pod{UID}/{ID}"),
+        ] {
+            assert_eq!(pod_uid(&path).as_deref(), Some(UID), "{path}");
+        }
         // A static pod's UID is a 32-digit hash.
         let hash = "3b2c1f9a8e7d6c5b4a39281716051423";
         assert_eq!(
@@ -171,6 +188,7 @@ mod tests {
         for path in [
             "/system.slice/docker-abc.scope".to_string(),
             format!("/user.slice/pod{UID}"),
+            format!("/../user.slice/xpod{UID}"),
             "/kubepods.slice/kubepods-burstable.slice".to_string(),
             "/kubepods/burstable/podnotauid/x".to_string(),
             format!("/kubepods/burstable/xpod{UID}/x"),
