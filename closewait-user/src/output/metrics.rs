@@ -132,11 +132,15 @@ impl EncodeMetric for DwellHistogram {
             return Ok(());
         };
         let (counts, sum, count) = &*s;
-        let buckets: Vec<(f64, u64)> = DWELL_BUCKETS_S
+        let mut buckets: Vec<(f64, u64)> = DWELL_BUCKETS_S
             .iter()
             .copied()
             .zip(counts.iter().copied().chain(std::iter::repeat(0)))
             .collect();
+        // The OpenMetrics encoder adds no +Inf bucket of its own, and the
+        // longest leaks are the ones above the last bound.
+        let below: u64 = buckets.iter().map(|(_, n)| n).sum();
+        buckets.push((f64::INFINITY, count.saturating_sub(below)));
         encoder.encode_histogram::<NoLabelSet>(*sum, *count, &buckets, None)
     }
 
