@@ -321,7 +321,12 @@ fn flag_nofp(creations: &mut Creations, tgid: u32) {
     if creations.nofp_flagged.len() >= NOFP_FLAGGED_MAX {
         creations.nofp_flagged.clear();
     }
-    if creations.nofp_flagged.insert(tgid) && creations.nofp_tgids.insert(tgid, 1, 0).is_ok() {
+    if creations.nofp_flagged.contains(&tgid) {
+        return;
+    }
+    // Remembered once in the kernel's map: a failed insert is retried.
+    if creations.nofp_tgids.insert(tgid, 1, 0).is_ok() {
+        creations.nofp_flagged.insert(tgid);
         let _ = creations.nofp_on.set(0, 1, 0);
     }
 }

@@ -17,6 +17,8 @@ use crate::output::format::count_of;
 
 const HEADER_LINES: u16 = 2;
 const FOOTER_LINES: u16 = 2;
+/// Lines `--once` prints at most.
+const MAX_TEXT_LINES: usize = 10_000;
 
 /// Rows of the body (the table's or the detail's) a screen of `height` has.
 pub fn body_height(height: u16) -> u16 {
@@ -219,7 +221,10 @@ pub fn to_text(s: &Snapshot, width: u16) -> String {
         Some(d) => detail_lines(d).len(),
         None => s.rows.len().max(1) + 1,
     };
-    let height = HEADER_LINES + u16::try_from(body).unwrap_or(u16::MAX - HEADER_LINES);
+    // Groups are capped well below this; a screen of text, not a buffer of
+    // gigabytes, whatever the input.
+    let body = u16::try_from(body.min(MAX_TEXT_LINES)).unwrap_or(u16::MAX);
+    let height = HEADER_LINES.saturating_add(body);
     // The test backend draws into memory: it cannot fail.
     let Ok(mut terminal) = Terminal::new(TestBackend::new(width, height));
     let Ok(_) = terminal.draw(|f| draw(f, s, false));

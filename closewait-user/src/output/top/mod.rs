@@ -52,6 +52,9 @@ const HELD_LINES: usize = 1000;
 static SAVED_STDERR: AtomicI32 = AtomicI32::new(-1);
 /// The terminal is in raw mode on the alternate screen.
 static SCREEN_UP: AtomicBool = AtomicBool::new(false);
+/// A thread other than the view's panicked: the view ends (and restores
+/// the terminal) at its next tick.
+static OTHER_PANICKED: AtomicBool = AtomicBool::new(false);
 
 /// `top`'s settings.
 #[derive(Clone, Copy, Debug)]
@@ -115,11 +118,11 @@ impl Top {
         Ok(())
     }
 
-    /// Leave the alternate screen and give stderr back (idempotent).
+    /// Leave the alternate screen and give stderr back (idempotent; also
+    /// after an `enter` that failed half-way).
     fn restore(&mut self) {
-        if self.terminal.take().is_some() {
-            restore_terminal();
-        }
+        self.terminal = None;
+        restore_terminal();
         if let Some(held) = self.held.take() {
             held.release();
         }
@@ -193,6 +196,11 @@ impl Output for Top {
         if self.terminal.is_none() {
             return Ok(false);
         }
+        if OTHER_PANICKED.load(Ordering::SeqCst) {
+            return Err(io::Error::other(
+                "a thread of the agent panicked (said above)",
+            ));
+        }
         let (quit, keyed) = self.input()?;
         if quit {
             return Ok(true);
@@ -201,7 +209,7 @@ impl Output for Top {
             return Ok(false);
         }
         if now_ns >= self.next_refresh_ns {
-            self.next_refresh_ns = now_ns + self.delay_ns;
+            self.next_refresh_ns = now_ns.saturating_add(self.delay_ns);
         }
         let message = self.held.as_ref().and_then(HeldStderr::latest);
         let snapshot = self.view.snapshot(model, now_ns, message);
@@ -261,7 +269,7 @@ impl Output for Once {
         let Some(started) = self.started_ns else {
             return Ok(false);
         };
-        if now_ns < started + self.delay_ns {
+        if now_ns < started.saturating_add(self.delay_ns) {
             return Ok(false);
         }
         let snapshot = self.view.snapshot(model, now_ns, None);
@@ -325,12 +333,21 @@ fn release_stderr() {
     }
 }
 
+/// On a panic of the view's own thread (the one that entered): restore
+/// the terminal and stderr, then the usual message. On another thread's:
+/// stderr back so the message is seen, and the view ends at its next tick
+/// (restoring the terminal as it goes).
 fn install_panic_hook() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
+        let view_thread = std::thread::current().id();
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            restore_terminal();
+            if std::thread::current().id() == view_thread {
+                restore_terminal();
+            } else {
+                OTHER_PANICKED.store(true, Ordering::SeqCst);
+            }
             release_stderr();
             previous(info);
         }));
