@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what is missing: rust-src, bpf-linker 0.13 (built against LLVM 22), iproute2,
-    /// util-linux, tmux, prometheus. Only installs on Debian-based systems; elsewhere prints the commands
+    /// util-linux (and for `test`: tmux, prometheus, kubernetes-validate). Only installs on Debian-based systems; elsewhere prints the commands
     Setup,
     /// Run setup, then build closewait-trace (`cargo build -p closewait-user`)
     Build(build::BuildArgs),

@@ -32,11 +32,16 @@ pub fn setup() -> Result<()> {
     setup.bpf_linker()?;
     setup.program("ip", "iproute2")?;
     setup.program("setpriv", "util-linux")?;
-    // The live view's test runs it in a real terminal.
+    setup.finish()
+}
+
+/// What the root tests use on top of [`setup`] (not needed to build or
+/// run the tool): tmux for the live view's terminal, Prometheus and
+/// promtool for the metrics, kubernetes-validate for the DaemonSet.
+pub fn setup_tests() -> Result<()> {
+    let mut setup = Setup::detect();
     setup.program("tmux", "tmux")?;
-    // The metrics test scrapes with a real Prometheus and lints with promtool.
     setup.program("promtool", "prometheus")?;
-    // The DaemonSet's test validates it against the Kubernetes schema.
     setup.python_module("kubernetes_validate", KUBERNETES_VALIDATE)?;
     setup.finish()
 }

@@ -52,6 +52,9 @@ pub fn test(args: &TestArgs) -> Result<()> {
         );
     }
     setup::setup()?;
+    if !args.unit_only {
+        setup::setup_tests()?;
+    }
     let guest = if args.unit_only || args.host_only {
         None
     } else {
