@@ -362,6 +362,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
     privileges::check()?;
+    // Before anything is attached or printed: a signal that arrives during
+    // start-up (right after the start line, say) ends the run cleanly at
+    // the loop's first turn instead of killing the process.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     privileges::raise_memlock();
     privileges::raise_nofile();
     enrich::pod::set_log_dir(&cli.pod_logs);
@@ -503,9 +509,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     agent.out.flush()?;
     let started = Instant::now();
 
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
     let end = async {
         match cli.duration {
             Some(d) => tokio::time::sleep(d).await,
