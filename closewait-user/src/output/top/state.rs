@@ -235,7 +235,7 @@ impl View {
                 count: g.count,
                 growth_per_min: g.growth_per_min,
                 oldest_dwell_ns: g.oldest_dwell_ns,
-                owner: owner(&g.key),
+                owner: owner(model, g, now_ns),
                 endpoint: g.key.endpoint.clone(),
                 site: g
                     .key
@@ -402,12 +402,23 @@ impl View {
     }
 }
 
-fn owner(key: &GroupKey) -> String {
-    match (key.pid, &key.comm) {
+/// `pid (comm)`, and the pod once known (`namespace/name`).
+fn owner(model: &Model, g: &crate::model::Group, now_ns: u64) -> String {
+    let key = &g.key;
+    let who = match (key.pid, &key.comm) {
         (Some(pid), Some(comm)) => format!("{pid} ({})", sanitize::text(comm)),
         (Some(pid), None) => pid.to_string(),
-        _ if !key.looked_up => "not looked up".to_string(),
-        _ => "unknown".to_string(),
+        _ if !key.looked_up => return "not looked up".to_string(),
+        _ => return "unknown".to_string(),
+    };
+    let members = model.members(key, now_ns);
+    let pod = members
+        .iter()
+        .find_map(|m| m.ctx?.primary())
+        .and_then(|o| Some((o.pod_namespace.as_deref()?, o.pod.as_deref()?)));
+    match pod {
+        Some((ns, pod)) => format!("{who} {}/{}", sanitize::text(ns), sanitize::text(pod)),
+        None => who,
     }
 }
 
@@ -673,6 +684,20 @@ mod tests {
         let mut v = View::new("tp_btf", 5 * S);
         let s = v.snapshot(&m, NOW, None);
         assert_eq!(s.rows[0].owner, "4242 (evil\\x1b[2J\\u{202e})");
+    }
+
+    #[test]
+    fn the_owner_names_its_pod_once_known() {
+        let mut ctx = diagnosed("api-server", 1);
+        for o in &mut ctx.owners {
+            o.pod = Some("checkout-7f9c".into());
+            o.pod_namespace = Some("shop".into());
+        }
+        let mut m = Model::default();
+        m.apply(&mut stuck(1, 5432, Some(Arc::new(ctx))));
+        let mut v = View::new("tp_btf", 5 * S);
+        let s = v.snapshot(&m, NOW, None);
+        assert_eq!(s.rows[0].owner, "4242 (api-server) shop/checkout-7f9c");
     }
 
     #[test]
