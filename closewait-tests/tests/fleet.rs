@@ -75,17 +75,23 @@ struct Could {
 }
 
 fn run_with_caps(caps: &[String]) -> Could {
+    run_under(&[], caps)
+}
+
+/// [`run_with_caps`] under `prefix` (which execs the rest of its argv).
+fn run_under(prefix: &[&str], caps: &[String]) -> Could {
     let caps: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
     let caps = caps.join(",");
     let inh = format!("--inh-caps=-all,{caps}");
     let amb = format!("--ambient-caps={caps}");
     let bounding = format!("--bounding-set=-all,{caps}");
-    let mut wrapper = vec![
+    let mut wrapper = prefix.to_vec();
+    wrapper.extend([
         "setpriv",
         "--reuid=65534",
         "--regid=65534",
         "--clear-groups",
-    ];
+    ]);
     if !caps.is_empty() {
         wrapper.extend([inh.as_str(), amb.as_str(), bounding.as_str()]);
     }
@@ -156,6 +162,33 @@ fn the_units_capabilities_are_enough_and_each_is_needed() {
         let could = run_with_caps(&fewer);
         assert_ne!(could, all, "{dropped} was not needed");
     }
+}
+
+/// `/proc` mounted with `hidepid=2` (other users' processes hidden): with
+/// the unit's capabilities (CAP_SYS_PTRACE sees through it) everything
+/// still works, owners included.
+#[test]
+fn hidepid_2_proc_hides_nothing_from_the_units_capabilities() {
+    support::require_root();
+    let remount = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount -t proc -o hidepid=2 proc /proc && exec \"$@\"",
+        "sh",
+    ];
+    let could = run_under(&remount, &unit_caps());
+    let all = Could {
+        attached: true,
+        found_existing: true,
+        found_owner: true,
+        stack: true,
+        no_warning: true,
+    };
+    assert_eq!(could, all);
 }
 
 /// The DaemonSet is valid against the Kubernetes schema (strict: no

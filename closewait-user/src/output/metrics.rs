@@ -28,7 +28,7 @@ use tokio::{net::TcpListener, sync::Semaphore};
 
 use super::{sanitize, Output, StartInfo};
 use crate::{
-    model::{Enriched, Group, Model},
+    model::{Group, Model},
     probe::Drops,
     tracking::DWELL_BUCKETS_S,
 };
@@ -317,24 +317,8 @@ impl Output for Metrics {
         Ok(())
     }
 
-    fn event(&mut self, _e: &Enriched) -> std::io::Result<()> {
-        Ok(())
-    }
-
-    fn group(&mut self, _g: &Group, _now_ns: u64) -> std::io::Result<()> {
-        Ok(())
-    }
-
-    fn lost(&mut self, _delta: &Drops, _now_ns: u64) -> std::io::Result<()> {
-        Ok(())
-    }
-
     fn summary(&mut self, model: &Model, _ran: Duration, now_ns: u64) -> std::io::Result<()> {
         self.refresh(model, now_ns);
-        Ok(())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
 

@@ -37,16 +37,25 @@ pub struct StartInfo<'a> {
 pub trait Output {
     /// Once, when the probe is attached and the start-up scan is done.
     fn start(&mut self, info: &StartInfo, now_ns: u64) -> io::Result<()>;
-    /// One report, in order.
-    fn event(&mut self, e: &Enriched) -> io::Result<()>;
+    /// One report, in order. (Views of the present, which read the model
+    /// at each tick, leave this and the next three as they are.)
+    fn event(&mut self, _e: &Enriched) -> io::Result<()> {
+        Ok(())
+    }
     /// A group of stuck sockets appeared, grew past a power of two, or
     /// changed cause.
-    fn group(&mut self, g: &Group, now_ns: u64) -> io::Result<()>;
+    fn group(&mut self, _g: &Group, _now_ns: u64) -> io::Result<()> {
+        Ok(())
+    }
     /// Events the kernel could not deliver since the last call.
-    fn lost(&mut self, delta: &Drops, now_ns: u64) -> io::Result<()>;
+    fn lost(&mut self, _delta: &Drops, _now_ns: u64) -> io::Result<()> {
+        Ok(())
+    }
     /// At the end of the run.
     fn summary(&mut self, model: &Model, ran: Duration, now_ns: u64) -> io::Result<()>;
-    fn flush(&mut self) -> io::Result<()>;
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
     /// After every turn of the event loop (about every 10 ms), with the
     /// model as it is now: a live view redraws from it here. True: the
     /// user asked to quit.

@@ -36,11 +36,7 @@ use ratatui::{
 
 use self::state::{Key, Outcome, Snapshot, View};
 use super::{Output, StartInfo};
-use crate::{
-    model::{Enriched, Group, Model},
-    output::sanitize,
-    probe::Drops,
-};
+use crate::{model::Model, output::sanitize};
 
 /// Width of `--once`'s table.
 const ONCE_WIDTH: u16 = 160;
@@ -170,25 +166,8 @@ impl Output for Top {
         self.enter()
     }
 
-    fn event(&mut self, _e: &Enriched) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn group(&mut self, _g: &Group, _now_ns: u64) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn lost(&mut self, _delta: &Drops, _now_ns: u64) -> io::Result<()> {
-        // The header counts them.
-        Ok(())
-    }
-
     fn summary(&mut self, _model: &Model, _ran: Duration, _now_ns: u64) -> io::Result<()> {
         self.restore();
-        Ok(())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
 
@@ -245,23 +224,7 @@ impl Output for Once {
         Ok(())
     }
 
-    fn event(&mut self, _e: &Enriched) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn group(&mut self, _g: &Group, _now_ns: u64) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn lost(&mut self, _delta: &Drops, _now_ns: u64) -> io::Result<()> {
-        Ok(())
-    }
-
     fn summary(&mut self, _model: &Model, _ran: Duration, _now_ns: u64) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
 
