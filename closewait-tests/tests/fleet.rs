@@ -74,6 +74,15 @@ struct Could {
     no_warning: bool,
 }
 
+/// What the full set can do.
+const ALL: Could = Could {
+    attached: true,
+    found_existing: true,
+    found_owner: true,
+    stack: true,
+    no_warning: true,
+};
+
 fn run_with_caps(caps: &[String]) -> Could {
     run_under(&[], caps)
 }
@@ -149,18 +158,11 @@ fn run_under(prefix: &[&str], caps: &[String]) -> Could {
 fn the_units_capabilities_are_enough_and_each_is_needed() {
     support::require_root();
     let caps = unit_caps();
-    let all = Could {
-        attached: true,
-        found_existing: true,
-        found_owner: true,
-        stack: true,
-        no_warning: true,
-    };
-    assert_eq!(run_with_caps(&caps), all, "with {caps:?}");
+    assert_eq!(run_with_caps(&caps), ALL, "with {caps:?}");
     for dropped in &caps {
         let fewer: Vec<String> = caps.iter().filter(|c| *c != dropped).cloned().collect();
         let could = run_with_caps(&fewer);
-        assert_ne!(could, all, "{dropped} was not needed");
+        assert_ne!(could, ALL, "{dropped} was not needed");
     }
 }
 
@@ -181,14 +183,7 @@ fn hidepid_2_proc_hides_nothing_from_the_units_capabilities() {
         "sh",
     ];
     let could = run_under(&remount, &unit_caps());
-    let all = Could {
-        attached: true,
-        found_existing: true,
-        found_owner: true,
-        stack: true,
-        no_warning: true,
-    };
-    assert_eq!(could, all);
+    assert_eq!(could, ALL);
 }
 
 /// The DaemonSet is valid against the Kubernetes schema (strict: no
