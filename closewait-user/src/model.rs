@@ -402,6 +402,16 @@ impl Model {
         self.reported.values().filter(|r| r.stuck).count()
     }
 
+    /// A member's primary owner (members of a group share their owner):
+    /// the first found, without sorting the members.
+    pub fn owner_of(&self, key: &GroupKey) -> Option<&crate::enrich::owner::Owner> {
+        let state = self.groups.get(key)?;
+        state
+            .members
+            .iter()
+            .find_map(|id| self.reported.get(id)?.ctx.as_deref()?.primary())
+    }
+
     /// The stuck sockets of group `key`, longest dwell first.
     pub fn members(&self, key: &GroupKey, now_ns: u64) -> Vec<StuckView<'_>> {
         let Some(state) = self.groups.get(key) else {

@@ -82,7 +82,7 @@ pub struct Stuck {
 pub fn stuck_by_labels(model: &Model, now_ns: u64) -> BTreeMap<StuckLabels, Stuck> {
     let mut by: BTreeMap<StuckLabels, Stuck> = BTreeMap::new();
     for g in model.groups(now_ns) {
-        let labels = labels_of(model, &g, now_ns);
+        let labels = labels_of(model, &g);
         let s = by.entry(labels).or_default();
         s.sockets += g.count as i64;
         s.oldest_s = s.oldest_s.max(g.oldest_dwell_ns as f64 / 1e9);
@@ -102,9 +102,8 @@ pub fn stuck_by_labels(model: &Model, now_ns: u64) -> BTreeMap<StuckLabels, Stuc
     by
 }
 
-fn labels_of(model: &Model, g: &Group, now_ns: u64) -> StuckLabels {
-    let members = model.members(&g.key, now_ns);
-    let owner = members.iter().find_map(|m| m.ctx.and_then(|c| c.primary()));
+fn labels_of(model: &Model, g: &Group) -> StuckLabels {
+    let owner = model.owner_of(&g.key);
     let text = |s: Option<&str>| {
         s.map(|s| sanitize::text(s).into_owned())
             .unwrap_or_default()

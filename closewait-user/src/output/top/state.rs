@@ -235,7 +235,7 @@ impl View {
                 count: g.count,
                 growth_per_min: g.growth_per_min,
                 oldest_dwell_ns: g.oldest_dwell_ns,
-                owner: owner(model, g, now_ns),
+                owner: owner(model, g),
                 endpoint: g.key.endpoint.clone(),
                 site: g
                     .key
@@ -403,7 +403,7 @@ impl View {
 }
 
 /// `pid (comm)`, and the pod once known (`namespace/name`).
-fn owner(model: &Model, g: &crate::model::Group, now_ns: u64) -> String {
+fn owner(model: &Model, g: &crate::model::Group) -> String {
     let key = &g.key;
     let who = match (key.pid, &key.comm) {
         (Some(pid), Some(comm)) => format!("{pid} ({})", sanitize::text(comm)),
@@ -411,10 +411,8 @@ fn owner(model: &Model, g: &crate::model::Group, now_ns: u64) -> String {
         _ if !key.looked_up => return "not looked up".to_string(),
         _ => return "unknown".to_string(),
     };
-    let members = model.members(key, now_ns);
-    let pod = members
-        .iter()
-        .find_map(|m| m.ctx?.primary())
+    let pod = model
+        .owner_of(key)
         .and_then(|o| Some((o.pod_namespace.as_deref()?, o.pod.as_deref()?)));
     match pod {
         Some((ns, pod)) => format!("{who} {}/{}", sanitize::text(ns), sanitize::text(pod)),
