@@ -172,16 +172,8 @@ fn the_units_capabilities_are_enough_and_each_is_needed() {
 #[test]
 fn hidepid_2_proc_hides_nothing_from_the_units_capabilities() {
     support::require_root();
-    let remount = [
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        "mount -t proc -o hidepid=2 proc /proc && exec \"$@\"",
-        "sh",
-    ];
+    let remount =
+        support::in_private_mounts("mount -t proc -o hidepid=2 proc /proc && exec \"$@\"");
     let could = run_under(&remount, &unit_caps());
     assert_eq!(could, ALL);
 }
@@ -296,21 +288,11 @@ fn the_dist_binary_traces_from_an_empty_chroot() {
     let ns = NetNs::new("chroot");
     let listener = ns.listen(localhost4());
     let port = listener.local_addr().unwrap().port().to_string();
-    // Mounts in a mount namespace of its own: they go with it.
     let script = format!(
         "mount -t proc proc {r}/proc && mount -t sysfs sysfs {r}/sys && exec chroot {r} /closewait-trace \"$@\"",
         r = root.path().display()
     );
-    let wrapper = [
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        &script,
-        "sh",
-    ];
+    let wrapper = support::in_private_mounts(&script);
     let mut tracer = Tracer::start_under_cmd(&wrapper, &["--threshold", "300ms", "--port", &port]);
     let mut leaker = support::Leaker::spawn(&ns, None, "c", &["connect", "127.0.0.1", &port]);
     drop(listener.accept().unwrap());

@@ -1666,19 +1666,7 @@ fn five_thousand_stuck_sockets_fit_on_one_screen() {
         "--port",
         &port.to_string(),
     ]);
-    let mut flood = support::Leaker::spawn(
-        &ns,
-        None,
-        "patterns",
-        &[
-            "flood",
-            "127.0.0.1",
-            &port.to_string(),
-            "5000",
-            "--name",
-            "flooder",
-        ],
-    );
+    let mut flood = support::Leaker::flood(&ns, &port.to_string(), 5000, "flooder");
     flood.expect_within("ready", 120 * S);
     tracer.expect_line("the group at 4096", 60 * S, |l| l.contains(" 4096x "));
     std::thread::sleep(S); // past the threshold for the last ones: real dwell time

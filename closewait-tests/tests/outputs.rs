@@ -34,12 +34,7 @@ fn top_shows_the_stuck_group_live_and_quits_on_q() {
     // (Not the command line's "closewait-trace top": the header's counts.)
     tmux.wait_for("the view", 20 * S, |s| s.contains("events lost"));
     assert!(tmux.alternate_on(), "the view is on the alternate screen");
-    let mut flood = support::Leaker::spawn(
-        &ns,
-        None,
-        "patterns",
-        &["flood", "127.0.0.1", &port, "7", "--name", "leaky-pool"],
-    );
+    let mut flood = support::Leaker::flood(&ns, &port, 7, "leaky-pool");
     let pid = flood.expect("ready")["pid"].clone();
     let owner = format!("{pid} (leaky-pool)");
     let screen = tmux.wait_for("the group row", 10 * S, |s| {
@@ -199,19 +194,7 @@ fn prometheus_scrapes_as_many_stuck_sockets_as_were_leaked() {
         &format!("--storage.tsdb.path={}", dir.path().join("data").display()),
         &format!("--web.listen-address={prometheus}"),
     ]));
-    let mut flood = support::Leaker::spawn(
-        &ns,
-        None,
-        "patterns",
-        &[
-            "flood",
-            "127.0.0.1",
-            &port,
-            &LEAKED.to_string(),
-            "--name",
-            "scraped-svc",
-        ],
-    );
+    let mut flood = support::Leaker::flood(&ns, &port, LEAKED, "scraped-svc");
     flood.expect("ready");
     tracer.expect("the stuck sockets", 10 * S, |v| {
         v["event"] == "group" && v["count"] == LEAKED

@@ -642,6 +642,18 @@ pub struct Leaker {
 
 impl Leaker {
     /// Start leaker `which` (see [`leaker_command`]) with `args`.
+    /// patterns.py flood: `count` connections to 127.0.0.1:`port` (a
+    /// closing-server) from a process named `name`, all kept in CLOSE_WAIT.
+    pub fn flood(ns: &NetNs, port: &str, count: usize, name: &str) -> Leaker {
+        let count = count.to_string();
+        Leaker::spawn(
+            ns,
+            None,
+            "patterns",
+            &["flood", "127.0.0.1", port, &count, "--name", name],
+        )
+    }
+
     pub fn spawn(ns: &NetNs, cgroup: Option<&Cgroup>, which: &str, args: &[&str]) -> Leaker {
         // Join the cgroup from a shell, then exec into the namespace (`ip
         // netns exec` remounts /sys, hiding the cgroup fs, so join first).
@@ -818,4 +830,20 @@ pub fn kernel_prog_ids() -> Vec<u32> {
         ids.push(attr.next_id);
         attr.start_id = attr.next_id;
     }
+}
+
+/// argv that runs `script` (which ends in `exec "$@"`, and gets the rest
+/// of the command line) in a mount namespace of its own: mounts it makes
+/// go away with it.
+pub fn in_private_mounts(script: &str) -> [&str; 8] {
+    [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        "sh",
+    ]
 }
