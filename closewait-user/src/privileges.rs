@@ -24,17 +24,21 @@ fn can_trace(caps: u64) -> bool {
 /// the namespace scan take descriptors, and services start with a soft
 /// limit of 1024 (or less) under a much higher hard one.
 pub fn raise_nofile() {
+    if let Some(mut r) = nofile_limit().filter(|r| r.rlim_cur < r.rlim_max) {
+        r.rlim_cur = r.rlim_max;
+        // SAFETY: plain syscall with a valid struct; failure leaves the limit.
+        let _ = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) };
+    }
+}
+
+/// RLIMIT_NOFILE now (soft and hard).
+pub fn nofile_limit() -> Option<libc::rlimit> {
     let mut r = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: plain syscalls with a valid struct; failure leaves the limit.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
-            r.rlim_cur = r.rlim_max;
-            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        }
-    }
+    // SAFETY: getrlimit fills a valid struct.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0).then_some(r)
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it. Harmless

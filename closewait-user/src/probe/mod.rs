@@ -620,19 +620,12 @@ fn is_out_of_fds(err: &anyhow::Error) -> bool {
 }
 
 fn out_of_fds(err: anyhow::Error) -> anyhow::Error {
-    let limit = nofile_limit().map_or_else(|| "?".to_string(), |n| n.to_string());
+    let limit = crate::privileges::nofile_limit()
+        .map(|r| r.rlim_cur)
+        .map_or_else(|| "?".to_string(), |n| n.to_string());
     anyhow::anyhow!(
         "out of file descriptors loading the kernel program (RLIMIT_NOFILE {limit}; it needs about 64): raise it (ulimit -n) ({err:#})"
     )
-}
-
-fn nofile_limit() -> Option<u64> {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit fills a valid struct.
-    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0).then_some(r.rlim_cur)
 }
 
 /// `name:\tvalue` from an fdinfo file.
