@@ -2,7 +2,7 @@
 //! -> read model -> outputs. Wiring only; each stage lives in its module.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{hash_map::Entry, HashMap, HashSet, VecDeque},
     io::{self, BufWriter},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -43,6 +43,8 @@ const EXIT_PATIENCE: Duration = Duration::from_secs(30);
 /// How often the kernel's drop counters are read and the model's counts
 /// refreshed.
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
+/// How soon a scan follows one that missed a socket the table holds.
+const CONFIRM_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A report waiting, in order, for the context of its socket.
 struct Pending {
@@ -69,6 +71,9 @@ struct Agent {
     decode_errors: u64,
     /// Reports in output order; the head waits for its context.
     queue: VecDeque<Pending>,
+    /// Queued reports per socket that wait for its context (so that a
+    /// queue of 100,000 is not searched once for each report printed).
+    waiting: HashMap<u64, usize>,
     /// Nothing is shown before the start line.
     started: bool,
     /// Contexts that arrived and are not yet in the model.
@@ -191,6 +196,9 @@ impl Agent {
             Report::Enter { .. } | Report::Close { .. } if known(self) => Some(id),
             _ => None,
         };
+        if let Some(id) = needs {
+            *self.waiting.entry(id).or_default() += 1;
+        }
         self.queue.push_back(Pending {
             report,
             at_ns,
@@ -217,7 +225,7 @@ impl Agent {
             let now = mono_ns();
             let reports = self.tracker.admit(id, selected, now);
             let shown = !reports.is_empty() || self.all;
-            if selected && (shown || self.queue.iter().any(|p| p.needs == Some(id))) {
+            if selected && (shown || self.waiting.contains_key(&id)) {
                 self.contexts.insert(id, ctx);
             }
             for report in reports {
@@ -257,6 +265,14 @@ impl Agent {
                 break;
             };
             let id = report.socket().id(self.cookies);
+            if let Some(id) = needs {
+                if let Entry::Occupied(mut n) = self.waiting.entry(id) {
+                    *n.get_mut() -= 1;
+                    if *n.get() == 0 {
+                        n.remove();
+                    }
+                }
+            }
             let ctx = needs.and_then(|id| {
                 self.contexts
                     .get(&id)
@@ -277,7 +293,7 @@ impl Agent {
             if let Some(group) = group {
                 self.out.group(&group, at_ns)?;
             }
-            if closing || (reported && !self.queue.iter().any(|p| p.needs == Some(id))) {
+            if closing || (reported && !self.waiting.contains_key(&id)) {
                 // Gone from CLOSE_WAIT, or now kept by the model.
                 self.contexts.remove(&id);
             }
@@ -458,6 +474,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         model: Model::default(),
         decode_errors: 0,
         queue: VecDeque::new(),
+        waiting: HashMap::new(),
         started: false,
         contexts: HashMap::new(),
         requested: HashSet::new(),
@@ -523,6 +540,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut next_scan = Instant::now() + cli.reconcile_interval;
     let mut next_stats = Instant::now() + STATS_INTERVAL;
     let mut drops_seen = Drops::default();
+    let mut losses_seen = 0;
 
     loop {
         let mut scan_done = None;
@@ -543,10 +561,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         if let Some(res) = scan_done {
             scan_in_flight = false;
             match res {
-                Ok(scan) => agent.reconcile(&scan, false)?,
+                Ok(scan) => {
+                    agent.reconcile(&scan, false)?;
+                    // A socket missing from this scan is settled by the next ones.
+                    if agent.tracker.has_absent() {
+                        next_scan = next_scan.min(Instant::now() + CONFIRM_INTERVAL);
+                    }
+                }
                 Err(err) => {
                     eprintln!("closewait-trace: warning: reconciliation scan failed: {err}")
                 }
+            }
+        }
+        // Flag nothing whose exit may be among events lost since the last look.
+        if agent.tracker.is_due(mono_ns()) {
+            let losses = kernel.ring_losses()?;
+            if losses != losses_seen {
+                losses_seen = losses;
+                agent.tracker.note_loss(mono_ns());
+                next_scan = Instant::now();
             }
         }
         agent.poll_stuck()?;

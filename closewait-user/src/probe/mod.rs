@@ -437,6 +437,15 @@ impl Kernel {
     }
 
     /// Current totals of everything the kernel dropped.
+    /// Events the ring buffer did not take (full, or a failed read of the
+    /// tracepoint's arguments): [`Kernel::drops`] without the program
+    /// statistics, cheap enough to check before every stuck poll.
+    pub fn ring_losses(&self) -> anyhow::Result<u64> {
+        let sum =
+            |index: u32| -> anyhow::Result<u64> { Ok(self.counters.get(&index, 0)?.iter().sum()) };
+        Ok(sum(counter::RINGBUF_FULL)? + sum(counter::READ_FAILED)?)
+    }
+
     pub fn drops(&self) -> anyhow::Result<Drops> {
         let sum =
             |index: u32| -> anyhow::Result<u64> { Ok(self.counters.get(&index, 0)?.iter().sum()) };

@@ -194,6 +194,8 @@ struct Entry {
     confirmed_ns: u64,
     /// The entry time is exact (seen live), not estimated by a scan.
     exact_start: bool,
+    /// Missing from the last scans: (when the first of them finished, how many).
+    absent: Option<(u64, u8)>,
     /// Shown to the user (existing or stuck): its close is shown too.
     reported: bool,
     stuck: bool,
@@ -206,6 +208,13 @@ struct ScanWindow {
     /// still list them, and they must not be re-added.
     exits: HashSet<u64>,
 }
+
+/// Scans in a row that must miss a socket before it counts as gone. A
+/// sock_diag dump is not a snapshot: it walks the kernel's socket hash table
+/// (shared by every network namespace) over several reads, and sockets that
+/// other connections' churn moves meanwhile can be skipped. One dump's
+/// absence is no proof; the same socket skipped three times is.
+pub const ABSENT_SCANS: u8 = 3;
 
 pub struct Tracker {
     threshold_ns: u64,
@@ -224,6 +233,11 @@ pub struct Tracker {
     /// Exact dwells of closed sockets, in microseconds.
     dwell_us: Histogram<u64>,
     scan: Option<ScanWindow>,
+    /// Events were lost at this time: an entry not confirmed since may have
+    /// left CLOSE_WAIT unseen, so it is not flagged before a scan confirms it.
+    lost_at_ns: u64,
+    /// Entries due to be flagged but waiting for that scan.
+    held: HashSet<u64>,
 }
 
 impl Tracker {
@@ -240,6 +254,8 @@ impl Tracker {
             // 3 significant digits, growing as needed: a few KiB.
             dwell_us: Histogram::new(3).expect("3 significant figures is valid"),
             scan: None,
+            lost_at_ns: 0,
+            held: HashSet::new(),
         }
     }
 
@@ -338,6 +354,7 @@ impl Tracker {
                 seen_ns,
                 confirmed_ns: seen_ns,
                 exact_start,
+                absent: None,
                 reported: false,
                 stuck: false,
                 admission,
@@ -443,6 +460,10 @@ impl Tracker {
             {
                 continue; // flagged, pending (re-queued when admitted), or newer
             }
+            if entry.confirmed_ns < self.lost_at_ns {
+                self.held.insert(id); // its exit may be among the lost events
+                continue;
+            }
             entry.stuck = true;
             entry.reported = true;
             self.totals.stuck += 1;
@@ -459,6 +480,27 @@ impl Tracker {
         out
     }
 
+    /// Whether a socket is due to be flagged stuck by [`Tracker::poll_stuck`]
+    /// at `now_ns`: the time to check for lost events first.
+    pub fn is_due(&self, now_ns: u64) -> bool {
+        self.deadlines
+            .peek()
+            .is_some_and(|&Reverse((deadline, _))| deadline <= now_ns)
+    }
+
+    /// Events were lost (the ring buffer was full): until a scan confirms
+    /// them, the sockets the table holds now are not flagged stuck, since
+    /// the exit of any of them may have been lost.
+    pub fn note_loss(&mut self, now_ns: u64) {
+        self.lost_at_ns = now_ns;
+    }
+
+    /// Whether a socket is missing from the last scan but not yet from
+    /// [`ABSENT_SCANS`] of them: another scan soon settles it.
+    pub fn has_absent(&self) -> bool {
+        self.table.values().any(|e| e.absent.is_some())
+    }
+
     /// A sock_diag scan starts now. Call before the scan reads the kernel.
     pub fn begin_scan(&mut self, now_ns: u64) {
         self.scan = Some(ScanWindow {
@@ -470,8 +512,9 @@ impl Tracker {
     /// Reconcile the table with a finished scan. Every event committed before
     /// the scan ended must have been applied first (drain the ring buffer).
     ///
-    /// - A socket the table holds from before the scan began, and the scan
-    ///   did not list, left CLOSE_WAIT unseen: it is closed here.
+    /// - A socket the table holds from before the scan began, and
+    ///   [`ABSENT_SCANS`] scans in a row did not list, left CLOSE_WAIT unseen:
+    ///   it is closed here, at the time of the first of them.
     /// - A socket the scan listed that the table lacks, and that did not
     ///   leave since the scan began, entered unseen: it is added with the
     ///   scan's lower-bound age. At start-up these are the `existing` sockets.
@@ -487,20 +530,37 @@ impl Tracker {
         for (id, entry) in &mut self.table {
             if listed.contains(id) {
                 entry.confirmed_ns = entry.confirmed_ns.max(window.started_ns);
+                entry.absent = None;
             } else if entry.seen_ns < window.started_ns {
-                gone.push(*id);
+                let (since, scans) = entry.absent.get_or_insert((now_ns, 0));
+                *scans += 1;
+                if *scans >= ABSENT_SCANS {
+                    gone.push((*id, *since));
+                }
             }
         }
-        for id in gone {
+        for (id, since) in gone {
             let Some(entry) = self.table.get_mut(&id) else {
                 continue;
             };
             if let Admission::Pending { exit } = &mut entry.admission {
-                exit.get_or_insert((now_ns, None));
+                exit.get_or_insert((since, None));
                 continue;
             }
             let entry = self.table.remove(&id).expect("present");
-            out.extend(self.close(entry, now_ns, None));
+            out.extend(self.close(entry, since, None));
+        }
+        for id in std::mem::take(&mut self.held) {
+            match self.table.get(&id) {
+                Some(e) if e.confirmed_ns >= self.lost_at_ns => {
+                    let deadline = e.enter_ns.saturating_add(self.threshold_ns);
+                    self.deadlines.push(Reverse((deadline, id)));
+                }
+                Some(_) => {
+                    self.held.insert(id);
+                }
+                None => {}
+            }
         }
         for f in found {
             if self.table.contains_key(&f.id)
@@ -752,9 +812,16 @@ mod tests {
         t.on_event(1, enter(1, S));
         t.poll_stuck(7 * S); // socket 1 is stuck and reported
         t.begin_scan(10 * S);
-        // The scan no longer lists 1 (its exit was lost) and lists 2 (its
-        // entry was lost).
-        let reports = t.finish_scan(vec![found(2, 2 * S)], 10 * S, false);
+        // The scans no longer list 1 (its exit was lost) and list 2 (its
+        // entry was lost). 1 is gone after the third scan without it, as of
+        // the first.
+        t.finish_scan(vec![found(2, 2 * S)], 10 * S, false);
+        assert!(t.has_absent());
+        t.begin_scan(11 * S);
+        t.finish_scan(vec![found(2, 3 * S)], 11 * S, false);
+        t.begin_scan(12 * S);
+        let reports = t.finish_scan(vec![found(2, 4 * S)], 12 * S, false);
+        assert!(!t.has_absent());
         assert_eq!(
             reports,
             vec![Report::Close {
@@ -775,6 +842,31 @@ mod tests {
     }
 
     #[test]
+    fn after_lost_events_nothing_is_flagged_before_a_scan_confirms_it() {
+        let mut t = Tracker::new(5 * S, false, false);
+        t.on_event(1, enter(1, S)); // its exit is lost
+        t.on_event(2, enter(2, 2 * S)); // really stuck
+        t.note_loss(3 * S);
+        assert!(t.is_due(8 * S));
+        assert_eq!(t.poll_stuck(8 * S), vec![], "held until a scan");
+        t.begin_scan(9 * S);
+        t.finish_scan(vec![found(2, 7 * S)], 9 * S, false);
+        let flagged = t.poll_stuck(9 * S);
+        assert!(
+            matches!(&flagged[..], [Report::Stuck { socket, .. }] if *socket == sock(2)),
+            "{flagged:?}"
+        );
+        // 1 is gone after three scans without it, never flagged, so unreported.
+        for at in [10, 11] {
+            t.begin_scan(at * S);
+            assert_eq!(t.finish_scan(vec![found(2, 8 * S)], at * S, false), vec![]);
+        }
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.poll_stuck(12 * S), vec![]);
+        assert_eq!(t.totals().stuck, 1);
+    }
+
+    #[test]
     fn reconciled_close_of_a_scanned_socket_is_a_lower_bound() {
         let mut t = Tracker::new(5 * S, false, false);
         t.begin_scan(100 * S);
@@ -782,17 +874,26 @@ mod tests {
         t.begin_scan(110 * S);
         t.finish_scan(vec![found(1, 20 * S)], 110 * S, false); // still there
         t.begin_scan(120 * S);
-        let reports = t.finish_scan(vec![], 120 * S, false); // gone, unseen
+        // One dump may skip a socket that is there: not gone yet.
+        assert_eq!(t.finish_scan(vec![], 120 * S, false), vec![]);
+        t.begin_scan(121 * S);
+        t.finish_scan(vec![found(1, 31 * S)], 121 * S, false); // there after all
+        for at in [130, 131] {
+            t.begin_scan(at * S);
+            assert_eq!(t.finish_scan(vec![], at * S, false), vec![]);
+        }
+        t.begin_scan(132 * S);
+        let reports = t.finish_scan(vec![], 132 * S, false); // unseen 3 times
         assert_eq!(
             reports,
             vec![Report::Close {
                 socket: sock(1),
-                dwell_ns: 20 * S,
+                dwell_ns: 31 * S,
                 to: None,
-                ts_ns: 120 * S,
+                ts_ns: 130 * S,
                 bound: Bound::AtLeast,
             }],
-            "entered >=10 s before the first scan, last seen at the second"
+            "entered >=10 s before the first scan, last seen at 121 s, gone by 130 s"
         );
     }
 
