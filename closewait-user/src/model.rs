@@ -533,13 +533,13 @@ pub(crate) mod tests {
             creation: Some(CreationContext {
                 kind: "connect",
                 pid: 4242,
-                stack: Some(Stack {
+                stack: Some(Arc::new(Stack {
                     frames: vec![
                         frame(0x1000, "pool::checkout", 88),
                         frame(0x2000, "main", 20),
                     ],
                     truncated: false,
-                }),
+                })),
             }),
             inode: None,
             evidence: None,

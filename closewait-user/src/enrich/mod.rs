@@ -14,6 +14,7 @@ pub mod unwind;
 
 use std::{
     collections::{HashMap, HashSet},
+    net::IpAddr,
     sync::Arc,
     thread,
 };
@@ -44,7 +45,7 @@ pub struct Context {
     pub diagnosis: Option<Diagnosis>,
     /// The user stack of the first read that returned EOF while the socket
     /// was in CLOSE_WAIT: the code that should have closed it.
-    pub last_read: Option<Stack>,
+    pub last_read: Option<Arc<Stack>>,
     /// Looked up for a report (creation stack asked for), not only for the
     /// owner filter's verdict.
     pub report: bool,
@@ -62,8 +63,9 @@ pub struct CreationContext {
     pub kind: &'static str,
     /// The process that created the socket.
     pub pid: u32,
-    /// Its user stack; `None` when it could not be captured.
-    pub stack: Option<Stack>,
+    /// Its user stack; `None` when it could not be captured. Shared by the
+    /// sockets of a batch created by the same code.
+    pub stack: Option<Arc<Stack>>,
 }
 
 pub struct Request {
@@ -104,6 +106,7 @@ pub fn spawn(
                 symbolizer: Symbolizer::new(),
                 callers: caller::Callers::default(),
                 unwinder: unwind::StackUnwinder::default(),
+                stacks: HashMap::new(),
             };
             // Take whatever has queued up, resolve it as one batch (one /proc
             // walk), answer, repeat.
@@ -140,11 +143,14 @@ struct Resolver {
     symbolizer: Symbolizer,
     callers: caller::Callers,
     unwinder: unwind::StackUnwinder,
+    /// This batch's symbolized stacks, by process and addresses.
+    stacks: HashMap<(u32, Vec<u64>), Arc<Stack>>,
 }
 
 impl Resolver {
     fn resolve(&mut self, batch: Vec<Request>) -> Vec<Response> {
         self.callers.forget();
+        self.stacks.clear();
         // One sock_diag scan of the namespaces involved serves the inode
         // lookups and the evidence of the whole batch.
         let scan_started = closewait_host::clock::mono_ns();
@@ -155,13 +161,16 @@ impl Resolver {
         };
         let scan_took = closewait_host::clock::mono_ns().saturating_sub(scan_started);
         let ephemeral = evidence::ephemeral_ports();
-        let inodes = inodes_for(&batch, &scan.sockets);
+        let index = ScanIndex::new(&scan.sockets);
+        let inodes = inodes_for(&batch, &index);
         let wanted: HashSet<u64> = inodes.values().copied().collect();
         let filter = &self.owner_filter;
         let holders = owner::find_holders(&wanted, |p| {
             filter.may_hold(p.pid() as u32, || owner::comm(p))
         });
-        let mut described: HashMap<(u32, u32), Option<Owner>> = HashMap::new();
+        // Per process, once a batch: one holding 10,000 stuck sockets is
+        // described once, not 10,000 times.
+        let mut described: HashMap<u32, Option<Owner>> = HashMap::new();
         // Per owner, once a batch: counting a big process's fds is not free.
         let mut fds: HashMap<u32, Option<(u64, u64)>> = HashMap::new();
         let mut threads: HashMap<u32, Option<evidence::Threads>> = HashMap::new();
@@ -176,10 +185,10 @@ impl Resolver {
                 let mut owners: Vec<Owner> = pairs
                     .iter()
                     .filter_map(|&(pid, fd)| {
-                        described
-                            .entry((pid, fd))
-                            .or_insert_with(|| owner::describe(pid, fd))
-                            .clone()
+                        let process = described
+                            .entry(pid)
+                            .or_insert_with(|| owner::describe(pid, fd));
+                        process.clone().map(|owner| Owner { fd, ..owner })
                     })
                     .collect();
                 let (creation, last_read) = if req.report {
@@ -200,7 +209,7 @@ impl Resolver {
                     evidence::gather(
                         &req.socket,
                         &evidence::Inputs {
-                            scanned: find_scanned(&req.socket, &scan.sockets),
+                            scanned: index.find(&req.socket),
                             listeners: &scan.listeners,
                             creation: creation.as_ref().map(|c| c.kind),
                             owner: owners.first(),
@@ -262,7 +271,7 @@ impl Resolver {
     }
 
     /// The stack of the first EOF read in CLOSE_WAIT, if one was recorded.
-    fn last_read(&mut self, socket: &Socket, owners: &[Owner]) -> Option<Stack> {
+    fn last_read(&mut self, socket: &Socket, owners: &[Owner]) -> Option<Arc<Stack>> {
         let creations = self.creations.as_ref()?;
         let record = creations.eof_reads.get(&socket.cookie?, 0).ok()?;
         self.stack_of(&record, owners)
@@ -270,7 +279,7 @@ impl Resolver {
 
     /// A record's user stack, symbolized, with the callers a frame-pointer
     /// walk skips put back.
-    fn stack_of(&mut self, record: &Creation, owners: &[Owner]) -> Option<Stack> {
+    fn stack_of(&mut self, record: &Creation, owners: &[Owner]) -> Option<Arc<Stack>> {
         let creations = self.creations.as_mut()?;
         let id = u32::try_from(record.user_stack_id).ok()?;
         let trace = creations.stacks.get(&id, 0).ok()?;
@@ -283,7 +292,7 @@ impl Resolver {
             .or(owners.first())
             .map_or(record.tgid, |o| o.pid);
         let ips = self.callers.with_caller(pid, &ips, &record.stack_words);
-        let walked = self.symbolizer.symbolize(pid, &ips);
+        let walked = symbolize(&mut self.symbolizer, &mut self.stacks, pid, ips);
         if !walked.truncated {
             return Some(walked);
         }
@@ -305,7 +314,7 @@ impl Resolver {
             .unwinder
             .unwind(pid, &copy)
             .filter(|ips| ips.len() > 1)
-            .map(|ips| self.symbolizer.symbolize(pid, &ips));
+            .map(|ips| symbolize(&mut self.symbolizer, &mut self.stacks, pid, ips));
         match unwound {
             Some(stack) if !stack.truncated || stack.frames.len() > walked.frames.len() => {
                 Some(stack)
@@ -313,6 +322,20 @@ impl Resolver {
             _ => Some(walked),
         }
     }
+}
+
+/// `ips` of process `pid`, symbolized once a batch: the thousands of sockets
+/// one leak creates share one copy.
+fn symbolize(
+    symbolizer: &mut Symbolizer,
+    stacks: &mut HashMap<(u32, Vec<u64>), Arc<Stack>>,
+    pid: u32,
+    ips: Vec<u64>,
+) -> Arc<Stack> {
+    let stack = stacks
+        .entry((pid, ips))
+        .or_insert_with_key(|(pid, ips)| Arc::new(symbolizer.symbolize(*pid, ips)));
+    Arc::clone(stack)
 }
 
 /// Have the kernel copy the stacks of process `tgid`, whose frame pointer
@@ -348,7 +371,7 @@ fn scan_for(batch: &[Request]) -> discovery::ScanResult {
 /// else from the scan. A socket that entered CLOSE_WAIT before it was
 /// accepted had no file yet, and the classic-tracepoint fallback reads no
 /// inode at all.
-fn inodes_for(batch: &[Request], scanned: &[discovery::ScannedSocket]) -> HashMap<u64, u64> {
+fn inodes_for(batch: &[Request], scanned: &ScanIndex) -> HashMap<u64, u64> {
     batch
         .iter()
         .filter_map(|r| {
@@ -359,39 +382,59 @@ fn inodes_for(batch: &[Request], scanned: &[discovery::ScannedSocket]) -> HashMa
 }
 
 /// The inode of `socket` among scanned sockets, if it has a file.
-fn match_inode(socket: &Socket, scanned: &[discovery::ScannedSocket]) -> Option<u64> {
-    find_scanned(socket, scanned)
+fn match_inode(socket: &Socket, scanned: &ScanIndex) -> Option<u64> {
+    scanned
+        .find(socket)
         .map(|f| f.inode)
         .filter(|&inode| inode != 0)
 }
 
-/// `socket` among scanned sockets: by cookie and network namespace when the
-/// event had them (cookies are unique on the host, the 4-tuple is not: two
-/// pods can use the very same one); else by 4-tuple, and only when exactly
-/// one socket has it, since a wrong owner is worse than none.
-fn find_scanned<'a>(
-    socket: &Socket,
-    scanned: &'a [discovery::ScannedSocket],
-) -> Option<&'a discovery::ScannedSocket> {
-    if let Some(cookie) = socket.cookie {
-        return scanned
-            .iter()
-            .find(|f| f.cookie == cookie && socket.netns.is_none_or(|ns| ns == f.netns));
-    }
-    let mut hits = scanned.iter().filter(|f| {
-        f.lport == socket.lport
-            && f.rport == socket.rport
-            && same_addr(f.laddr, socket.laddr)
-            && same_addr(f.raddr, socket.raddr)
-            && socket.netns.is_none_or(|ns| ns == f.netns)
-    });
-    let first = hits.next()?;
-    hits.next().is_none().then_some(first)
+/// A batch's scan, indexed once: a batch of every socket found at start-up
+/// looks up each of them in a scan of as many.
+struct ScanIndex<'a> {
+    by_cookie: HashMap<u64, &'a discovery::ScannedSocket>,
+    by_tuple: HashMap<(u16, u16, IpAddr, IpAddr), Vec<&'a discovery::ScannedSocket>>,
 }
 
-/// Equal, counting an IPv4-mapped IPv6 address as its IPv4 address.
-fn same_addr(a: std::net::IpAddr, b: std::net::IpAddr) -> bool {
-    a.to_canonical() == b.to_canonical()
+impl<'a> ScanIndex<'a> {
+    fn new(scanned: &'a [discovery::ScannedSocket]) -> Self {
+        let mut index = ScanIndex {
+            by_cookie: HashMap::with_capacity(scanned.len()),
+            by_tuple: HashMap::with_capacity(scanned.len()),
+        };
+        for f in scanned {
+            index.by_cookie.entry(f.cookie).or_insert(f);
+            let key = (
+                f.lport,
+                f.rport,
+                f.laddr.to_canonical(),
+                f.raddr.to_canonical(),
+            );
+            index.by_tuple.entry(key).or_default().push(f);
+        }
+        index
+    }
+
+    /// `socket` among the scanned sockets: by cookie and network namespace
+    /// when the event had them (cookies are unique on the host, the 4-tuple
+    /// is not: two pods can use the very same one); else by 4-tuple, and
+    /// only when exactly one socket has it, since a wrong owner is worse than
+    /// none.
+    fn find(&self, socket: &Socket) -> Option<&'a discovery::ScannedSocket> {
+        let in_ns = |f: &discovery::ScannedSocket| socket.netns.is_none_or(|ns| ns == f.netns);
+        if let Some(cookie) = socket.cookie {
+            return self.by_cookie.get(&cookie).copied().filter(|f| in_ns(f));
+        }
+        let key = (
+            socket.lport,
+            socket.rport,
+            socket.laddr.to_canonical(),
+            socket.raddr.to_canonical(),
+        );
+        let mut hits = self.by_tuple.get(&key)?.iter().filter(|f| in_ns(f));
+        let first = hits.next()?;
+        hits.next().is_none().then_some(*first)
+    }
 }
 
 /// `pid`, its parent, grandparent... (a few levels), for fds inherited
@@ -462,25 +505,50 @@ mod tests {
     fn the_same_tuple_in_two_namespaces_is_told_apart_by_cookie() {
         // Two pods, the very same 4-tuple, each socket in its own namespace.
         let scan = [scanned(11, 100, 1001), scanned(22, 200, 2002)];
-        assert_eq!(match_inode(&socket(Some(22), Some(200)), &scan), Some(2002));
-        assert_eq!(match_inode(&socket(Some(11), Some(100)), &scan), Some(1001));
-        assert_eq!(match_inode(&socket(Some(11), Some(200)), &scan), None);
-        assert_eq!(match_inode(&socket(Some(33), Some(100)), &scan), None);
+        assert_eq!(
+            match_inode(&socket(Some(22), Some(200)), &ScanIndex::new(&scan)),
+            Some(2002)
+        );
+        assert_eq!(
+            match_inode(&socket(Some(11), Some(100)), &ScanIndex::new(&scan)),
+            Some(1001)
+        );
+        assert_eq!(
+            match_inode(&socket(Some(11), Some(200)), &ScanIndex::new(&scan)),
+            None
+        );
+        assert_eq!(
+            match_inode(&socket(Some(33), Some(100)), &ScanIndex::new(&scan)),
+            None
+        );
         // Without a cookie (classic tracepoint): ambiguous, so no owner.
-        assert_eq!(match_inode(&socket(None, None), &scan), None);
-        assert_eq!(match_inode(&socket(None, None), &scan[..1]), Some(1001));
+        assert_eq!(
+            match_inode(&socket(None, None), &ScanIndex::new(&scan)),
+            None
+        );
+        assert_eq!(
+            match_inode(&socket(None, None), &ScanIndex::new(&scan[..1])),
+            Some(1001)
+        );
         // Still in the accept queue when scanned too: no file, no inode.
         assert_eq!(
-            match_inode(&socket(Some(11), Some(100)), &[scanned(11, 100, 0)]),
+            match_inode(
+                &socket(Some(11), Some(100)),
+                &ScanIndex::new(&[scanned(11, 100, 0)])
+            ),
             None
         );
     }
 
     #[test]
     fn mapped_and_plain_ipv4_are_the_same_address() {
-        let v4: std::net::IpAddr = "127.0.0.1".parse().unwrap();
-        let mapped: std::net::IpAddr = "::ffff:127.0.0.1".parse().unwrap();
-        assert!(same_addr(v4, mapped));
-        assert!(!same_addr(v4, "::1".parse().unwrap()));
+        let mut mapped = scanned(11, 100, 1001);
+        mapped.laddr = "::ffff:127.0.0.1".parse().unwrap();
+        mapped.raddr = "::ffff:127.0.0.1".parse().unwrap();
+        let index = ScanIndex::new(std::slice::from_ref(&mapped));
+        assert_eq!(match_inode(&socket(None, Some(100)), &index), Some(1001));
+        let mut other = socket(None, Some(100));
+        other.laddr = "::1".parse().unwrap();
+        assert_eq!(match_inode(&other, &index), None);
     }
 }

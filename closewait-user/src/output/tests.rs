@@ -223,6 +223,7 @@ fn owner_and_stack_in_json_and_text() {
 fn hostile() -> Context {
     let mut ctx = context("evil\x1b[31mred\u{202e}");
     if let Some(stack) = ctx.creation.as_mut().and_then(|c| c.stack.as_mut()) {
+        let stack = std::sync::Arc::make_mut(stack);
         stack.frames[0] = Frame {
             symbol: Some("leak\x1b]0;pwned\x07\u{2066}".into()),
             ..stack.frames[0].clone()
@@ -230,7 +231,7 @@ fn hostile() -> Context {
     }
     // A perf map names JIT code whatever its runtime likes.
     let mut read = ctx.creation.as_ref().and_then(|c| c.stack.clone()).unwrap();
-    read.frames[0].symbol = Some("jit\x1b[2Jread\u{202e}".into());
+    std::sync::Arc::make_mut(&mut read).frames[0].symbol = Some("jit\x1b[2Jread\u{202e}".into());
     ctx.last_read = Some(read);
     ctx
 }
