@@ -57,7 +57,7 @@ fn parse_prog_fdinfo(text: &str) -> Option<ProgStats> {
 }
 
 /// User + system CPU time of process `pid` (all its threads), in seconds.
-pub(super) fn cpu_seconds(pid: u32) -> Result<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
     let path = format!("/proc/{pid}/stat");
     let stat = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
     // Fields after the command name (which may hold spaces) start at field 3; utime and
@@ -76,7 +76,7 @@ pub(super) fn cpu_seconds(pid: u32) -> Result<f64> {
 }
 
 /// A `kB` line of /proc/PID/status, such as VmHWM.
-pub(super) fn status_kib(pid: u32, key: &str) -> Result<u64> {
+pub(crate) fn status_kib(pid: u32, key: &str) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
     let value = status

@@ -15,9 +15,9 @@
 mod budget;
 mod check;
 mod launch;
-mod measure;
+pub(crate) mod measure;
 mod plan;
-mod process;
+pub(crate) mod process;
 mod render;
 mod run;
 mod stats;

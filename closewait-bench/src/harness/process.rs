@@ -18,19 +18,19 @@ use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use closewait_host::command::display;
 use serde_json::Value;
 
-pub(super) const STOP_TIMEOUT: Duration = Duration::from_secs(20);
-pub(super) const POLL: Duration = Duration::from_millis(20);
+pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const POLL: Duration = Duration::from_millis(20);
 
 /// A child process, killed and reaped if still running when dropped (also on errors).
-pub(super) struct Proc {
-    pub(super) child: Child,
-    pub(super) what: String,
+pub(crate) struct Proc {
+    pub(crate) child: Child,
+    pub(crate) what: String,
     /// Where its stderr goes.
     log: PathBuf,
 }
 
 impl Proc {
-    pub(super) fn spawn(mut command: Command, what: &str, log: PathBuf) -> Result<Self> {
+    pub(crate) fn spawn(mut command: Command, what: &str, log: PathBuf) -> Result<Self> {
         check_interrupted()?;
         let stderr =
             File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
@@ -45,16 +45,16 @@ impl Proc {
         })
     }
 
-    pub(super) fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    pub(super) fn take_stdout(&mut self) -> Result<impl Read + Send + 'static> {
+    pub(crate) fn take_stdout(&mut self) -> Result<impl Read + Send + 'static> {
         self.child.stdout.take().context("stdout is not a pipe")
     }
 
     /// Sends `signal` unless the process has exited (and so may have been reaped).
-    pub(super) fn signal(&mut self, signal: libc::c_int) -> Result<()> {
+    pub(crate) fn signal(&mut self, signal: libc::c_int) -> Result<()> {
         if self.child.try_wait()?.is_some() {
             return Ok(());
         }
@@ -68,7 +68,7 @@ impl Proc {
     }
 
     /// Waits up to `timeout` for the process to exit.
-    pub(super) fn wait(&mut self, timeout: Duration) -> Result<ExitStatus> {
+    pub(crate) fn wait(&mut self, timeout: Duration) -> Result<ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -82,7 +82,7 @@ impl Proc {
     }
 
     /// Fails unless `status` is a success.
-    pub(super) fn check(&self, status: ExitStatus) -> Result<()> {
+    pub(crate) fn check(&self, status: ExitStatus) -> Result<()> {
         if status.success() {
             return Ok(());
         }
@@ -90,7 +90,7 @@ impl Proc {
     }
 
     /// `err` about this process, with the end of its stderr.
-    pub(super) fn failed(&self, err: anyhow::Error) -> anyhow::Error {
+    pub(crate) fn failed(&self, err: anyhow::Error) -> anyhow::Error {
         let stderr = fs::read_to_string(&self.log).unwrap_or_default();
         let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         let tail = tail[tail.len().saturating_sub(3)..].join(" | ");
@@ -114,13 +114,13 @@ impl Drop for Proc {
 
 /// A child's JSON stdout lines, read on a thread so that the child never blocks on a full
 /// pipe. Lines that are not JSON objects, or whose kind is not kept, are dropped.
-pub(super) struct Lines {
+pub(crate) struct Lines {
     rx: mpsc::Receiver<Value>,
 }
 
 impl Lines {
     /// Keeps the lines whose `event` or `mode` is in `keep` (all if it is empty).
-    pub(super) fn spawn(out: impl Read + Send + 'static, keep: &'static [&'static str]) -> Self {
+    pub(crate) fn spawn(out: impl Read + Send + 'static, keep: &'static [&'static str]) -> Self {
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
             // Cheap test first: an agent may print 100k lines we do not keep.
@@ -143,7 +143,7 @@ impl Lines {
     }
 
     /// The first line of kind `wanted`; earlier lines are dropped.
-    pub(super) fn wait_for(&self, wanted: &str, timeout: Duration) -> Result<Value> {
+    pub(crate) fn wait_for(&self, wanted: &str, timeout: Duration) -> Result<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             check_interrupted()?;
@@ -162,7 +162,7 @@ impl Lines {
     }
 
     /// The next `n` lines of kind `wanted`; lines of other kinds are dropped.
-    pub(super) fn take(&self, wanted: &str, n: usize, timeout: Duration) -> Result<Vec<Value>> {
+    pub(crate) fn take(&self, wanted: &str, n: usize, timeout: Duration) -> Result<Vec<Value>> {
         let deadline = Instant::now() + timeout;
         let mut values = Vec::with_capacity(n);
         while values.len() < n {
@@ -189,7 +189,7 @@ impl Lines {
     }
 
     /// The remaining lines, once the child has exited: up to the end of its output.
-    pub(super) fn rest(self) -> Result<Vec<Value>> {
+    pub(crate) fn rest(self) -> Result<Vec<Value>> {
         let deadline = Instant::now() + STOP_TIMEOUT;
         let mut values = Vec::new();
         loop {
@@ -206,24 +206,24 @@ impl Lines {
 }
 
 /// A JSON line's kind: its `event` (closewait-trace) or `mode` (churn).
-pub(super) fn kind(value: &Value) -> &str {
+pub(crate) fn kind(value: &Value) -> &str {
     let field = |key| value.get(key).and_then(Value::as_str);
     field("event").or_else(|| field("mode")).unwrap_or("")
 }
 
-pub(super) fn number(value: &Value, key: &str) -> Result<f64> {
+pub(crate) fn number(value: &Value, key: &str) -> Result<f64> {
     value
         .get(key)
         .and_then(Value::as_f64)
         .with_context(|| format!("no number `{key}` in {value}"))
 }
 
-pub(super) fn summary_of(events: &[Value]) -> Result<&Value> {
+pub(crate) fn summary_of(events: &[Value]) -> Result<&Value> {
     let summary = events.iter().rev().find(|v| kind(v) == "summary");
     summary.context("closewait-trace printed no summary line")
 }
 
-pub(super) fn read_json_lines(path: &Path) -> Result<Vec<Value>> {
+pub(crate) fn read_json_lines(path: &Path) -> Result<Vec<Value>> {
     let text =
         fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let lines = text.lines().filter(|l| !l.trim().is_empty());
@@ -243,7 +243,7 @@ extern "C" fn on_interrupt(_: libc::c_int) {
 /// On Ctrl-C or SIGTERM, stop at the next wait instead of dying, so that the guards
 /// (network namespace, bpf_stats_enabled, child processes) clean up. Children get the
 /// default disposition back at exec.
-pub(super) fn catch_interrupts() {
+pub(crate) fn catch_interrupts() {
     let handler = on_interrupt as extern "C" fn(libc::c_int);
     for signal in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
@@ -251,13 +251,13 @@ pub(super) fn catch_interrupts() {
     }
 }
 
-pub(super) fn check_interrupted() -> Result<()> {
+pub(crate) fn check_interrupted() -> Result<()> {
     ensure!(!INTERRUPTED.load(Ordering::SeqCst), "interrupted");
     Ok(())
 }
 
 /// Sleeps for `duration`, failing early if interrupted.
-pub(super) fn pause(duration: Duration) -> Result<()> {
+pub(crate) fn pause(duration: Duration) -> Result<()> {
     let deadline = Instant::now() + duration;
     loop {
         check_interrupted()?;
