@@ -168,8 +168,13 @@ pub mod counter {
     /// A connect() not recorded because this CPU had used its capture
     /// budget (`armed::BUDGET`).
     pub const OVER_BUDGET: u32 = 3;
+    /// connect() records written to `CONNECTS`.
+    pub const CONNECTS_RECORDED: u32 = 4;
+    /// connect() records removed because their socket closed. Recorded
+    /// minus forgotten beyond the map's capacity were evicted.
+    pub const CONNECTS_FORGOTTEN: u32 = 5;
     /// Number of counters.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 6;
 }
 
 /// Values of `STACKS_ARMED` slot 0: what the kernel records now.

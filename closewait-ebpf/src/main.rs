@@ -122,6 +122,8 @@ fn try_btf(ctx: &BtfTracePointContext) -> Result<(), ()> {
         exit_btf(ctx, new)
     } else if new == SYN_SENT as i32 && old == CLOSE as i32 {
         record_connect(ctx)
+    } else if new == CLOSE as i32 {
+        forget_connect(ctx)
     } else {
         Ok(())
     }
@@ -241,6 +243,28 @@ fn record_connect(ctx: &BtfTracePointContext) -> Result<(), ()> {
     let creation = creation(ctx, CreationKind::Connect);
     if CONNECTS.insert(cookie, creation, 0).is_err() {
         bump(counter::STACK_FAILED);
+    } else {
+        bump(counter::CONNECTS_RECORDED);
+    }
+    Ok(())
+}
+
+/// Into CLOSE (every socket ends there): its connect() record goes, so the
+/// map holds live connections only and churn does not push out the record
+/// of a socket that leaked minutes ago.
+#[inline(always)]
+fn forget_connect(ctx: &BtfTracePointContext) -> Result<(), ()> {
+    if armed_level() == armed::OFF {
+        return Ok(());
+    }
+    let sk: *const u8 = ctx.arg(0);
+    // SAFETY: `sk` is the tracepoint's BTF-typed `struct sock *` argument.
+    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    // Look first: most sockets have no record (the budget), and a lookup
+    // takes no lock where a delete does.
+    // SAFETY: the value is not kept.
+    if unsafe { CONNECTS.get(&cookie) }.is_some() && CONNECTS.remove(&cookie).is_ok() {
+        bump(counter::CONNECTS_FORGOTTEN);
     }
     Ok(())
 }

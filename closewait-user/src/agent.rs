@@ -308,6 +308,17 @@ impl Agent {
     }
 }
 
+/// The first time connect() records are evicted: one line.
+fn say_evictions(before: &Drops, now: &Drops, capacity: u32) {
+    if now.connects_evicted > 0 && before.connects_evicted == 0 {
+        eprintln!(
+            "closewait-trace: warning: more live connections were recorded than the connect() \
+             record map holds ({capacity}): the oldest records are evicted, and their sockets \
+             will have no creation stack (counted in stacks_missed)"
+        );
+    }
+}
+
 fn found_from_scan(s: &ScannedSocket, cookies: bool) -> Found {
     let bytes = |a: std::net::IpAddr| -> [u8; 16] {
         match a {
@@ -401,6 +412,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         ring_buffer_bytes: cli.ring_buffer_size,
         stacks: stacks_mode != StacksMode::Off,
         stack_budget: cli.stack_budget,
+        creation_records: cli.creation_records,
         without: cli.without.clone(),
     })?;
     let Probe {
@@ -600,6 +612,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         if wall_now >= next_stats {
             next_stats = wall_now + STATS_INTERVAL;
             let drops = kernel.drops()?;
+            say_evictions(&drops_seen, &drops, cli.creation_records);
             if drops.events_lost() != drops_seen.events_lost() {
                 agent.out.lost(&drops.since(&drops_seen), mono_ns())?;
                 // Lost events may hide an entry or an exit: check now.
@@ -653,6 +666,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     agent.flush_all()?;
     let now = mono_ns();
     let drops = kernel.drops()?;
+    say_evictions(&drops_seen, &drops, cli.creation_records);
     if drops.events_lost() != drops_seen.events_lost() {
         agent.out.lost(&drops.since(&drops_seen), now)?;
     }

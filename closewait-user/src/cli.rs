@@ -121,6 +121,11 @@ pub struct Cli {
     #[arg(global = true, long, value_enum, value_name = "FEATURE", hide = true)]
     pub without: Vec<Feature>,
 
+    /// Capacity of each creation-record map (connect() by cookie, accept()
+    /// by process and fd); tests shrink it to fill it.
+    #[arg(global = true, long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=1 << 24), hide = true)]
+    pub creation_records: u32,
+
     /// Look up owners and stacks only, no evidence or diagnosis (the
     /// benchmark's baseline for what evidence costs).
     #[arg(global = true, long, hide = true)]

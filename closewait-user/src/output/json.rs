@@ -107,7 +107,7 @@ pub fn summary_of(model: &Model, ran: Duration, now_ns: u64, clock: &WallClock) 
         },
         recovered_enters: t.recovered_enters,
         recovered_exits: t.recovered_exits,
-        stacks_missed: drops.stack_failed,
+        stacks_missed: drops.stacks_missed(),
         stacks_over_budget: drops.over_budget,
         dwell_ms: counts.dwell.map(|p| schema::Percentiles {
             p50: ms(p.p50_ns),

@@ -288,6 +288,7 @@ fn model_with_stuck() -> Model {
         stack_failed: 5,
         over_budget: 6,
         recursion_misses: 1,
+        connects_evicted: 2,
     });
     m
 }
@@ -325,7 +326,7 @@ fn summary_groups_stuck_sockets_by_owner_and_site() {
     );
     assert!(
         t.contains(
-            "  creation stacks not recorded             11  (5 failed, 6 over --stack-budget)\n"
+            "  creation stacks not recorded             13  (5 failed, 2 evicted from a full map, 6 over --stack-budget)\n"
         ),
         "{t}"
     );
@@ -354,7 +355,7 @@ fn summary_json() {
     );
     assert_eq!(v["still_stuck"], 3);
     assert_eq!(v["lost"], 4, "stack failures are not lost events");
-    assert_eq!(v["stacks_missed"], 5);
+    assert_eq!(v["stacks_missed"], 7, "5 failed, 2 evicted");
     assert_eq!(v["stacks_over_budget"], 6);
     assert_eq!(v["lost_by_reason"]["ringbuf_full"], 3);
     assert_eq!(v["dwell_ms"]["p50"], 1.0);

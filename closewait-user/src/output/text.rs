@@ -161,13 +161,14 @@ impl<W: Write> Output for Text<W> {
             writeln!(o, "  {name:<32} {value:>10}")?;
         }
         let drops = model.drops();
-        if drops.stack_failed > 0 || drops.over_budget > 0 {
+        if drops.stacks_missed() > 0 || drops.over_budget > 0 {
             writeln!(
                 o,
-                "  {:<32} {:>10}  ({} failed, {} over --stack-budget)",
+                "  {:<32} {:>10}  ({} failed, {} evicted from a full map, {} over --stack-budget)",
                 "creation stacks not recorded",
-                drops.stack_failed + drops.over_budget,
+                drops.stacks_missed() + drops.over_budget,
                 drops.stack_failed,
+                drops.connects_evicted,
                 drops.over_budget
             )?;
         }

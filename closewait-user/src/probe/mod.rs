@@ -70,6 +70,8 @@ pub struct LoadOptions {
     /// connect() captures per second on each CPU while armed with the
     /// budget (`Kernel::arm_budget`).
     pub stack_budget: u32,
+    /// Capacity of the creation-record maps (connect() and accept()).
+    pub creation_records: u32,
     /// Features to treat as missing (tests force each fallback with it).
     pub without: Vec<Feature>,
 }
@@ -88,6 +90,11 @@ pub struct Drops {
     /// Runs the kernel skipped because a BPF program was already running on
     /// that CPU (bpf_prog_info.recursion_misses).
     pub recursion_misses: u64,
+    /// connect() records pushed out of a full map (at least this many): the
+    /// map holds the records of live connections only, so this means more
+    /// live recorded connections than it has room for. Their stacks are
+    /// lost.
+    pub connects_evicted: u64,
 }
 
 impl Drops {
@@ -105,6 +112,11 @@ impl Drops {
         ]
     }
 
+    /// Creation stacks lost: captures that failed, records evicted.
+    pub fn stacks_missed(&self) -> u64 {
+        self.stack_failed + self.connects_evicted
+    }
+
     /// What was added since `before`.
     pub fn since(&self, before: &Drops) -> Drops {
         Drops {
@@ -112,6 +124,9 @@ impl Drops {
             read_failed: self.read_failed.saturating_sub(before.read_failed),
             stack_failed: self.stack_failed.saturating_sub(before.stack_failed),
             over_budget: self.over_budget.saturating_sub(before.over_budget),
+            connects_evicted: self
+                .connects_evicted
+                .saturating_sub(before.connects_evicted),
             recursion_misses: self
                 .recursion_misses
                 .saturating_sub(before.recursion_misses),
@@ -167,6 +182,8 @@ pub struct Kernel {
     stacks_armed: Option<Array<MapData, u32>>,
     /// The load set a non-zero capture budget.
     budget: bool,
+    /// Capacity of `CONNECTS`.
+    connects_capacity: u64,
     /// Last count of skipped runs read, and whether a failed read was said.
     recursion_seen: std::cell::Cell<u64>,
     recursion_warned: std::cell::Cell<bool>,
@@ -293,6 +310,7 @@ impl Probe {
         probe.kernel.eof_reads = eof;
         // Only the BTF program records connect() (the budget's one user).
         probe.kernel.budget = stacks && budget_per_window(opts.stack_budget) > 0;
+        probe.kernel.connects_capacity = u64::from(opts.creation_records);
         Ok(probe)
     }
 
@@ -365,6 +383,7 @@ impl Probe {
                 prog_fd,
                 stacks_armed,
                 budget: false,
+                connects_capacity: 0,
                 recursion_seen: Default::default(),
                 recursion_warned: Default::default(),
                 accept_ready: accept_ready && stacks,
@@ -454,6 +473,11 @@ impl Kernel {
             read_failed: sum(counter::READ_FAILED)?,
             stack_failed: sum(counter::STACK_FAILED)?,
             over_budget: sum(counter::OVER_BUDGET)?,
+            connects_evicted: {
+                let live = sum(counter::CONNECTS_RECORDED)?
+                    .saturating_sub(sum(counter::CONNECTS_FORGOTTEN)?);
+                live.saturating_sub(self.connects_capacity)
+            },
             recursion_misses: self.recursion_misses(),
         })
     }
@@ -514,7 +538,9 @@ fn loader(
     loader
         .override_global("CONFIG", config, true)
         .map_max_entries("EVENTS", opts.ring_buffer_bytes)
-        .map_max_entries("STACK_COPIES", copy_slots);
+        .map_max_entries("STACK_COPIES", copy_slots)
+        .map_max_entries("CONNECTS", opts.creation_records)
+        .map_max_entries("ACCEPTS", opts.creation_records);
     loader
 }
 
@@ -674,6 +700,7 @@ mod tests {
             stack_failed: 2,
             over_budget: 7,
             recursion_misses: 3,
+            connects_evicted: 0,
         };
         let now = Drops {
             ringbuf_full: 4,
@@ -681,9 +708,11 @@ mod tests {
             stack_failed: 2,
             over_budget: 10,
             recursion_misses: 5,
+            connects_evicted: 4,
         };
         let d = now.since(&before);
         assert_eq!(d.events_lost(), 5, "stacks skipped are not events");
+        assert_eq!(d.stacks_missed(), 4, "evicted records are missed stacks");
         assert_eq!(d.over_budget, 3);
         assert_eq!(
             d.by_reason(),
