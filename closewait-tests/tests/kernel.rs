@@ -747,6 +747,130 @@ fn auto_stacks_record_connects_within_the_budget_and_count_the_rest() {
 
 /// A connect() leak by leaker `which` traced with `--without FEATURE`: the
 /// stuck event and the tracer's stderr.
+/// Owners that exit while their stuck sockets are being looked up (fds
+/// read, process described, stack symbolized): each socket is still
+/// reported, with its owner or with none, never a wrong one, and closed.
+#[test]
+fn owners_exiting_during_the_lookup_leave_no_wrong_owner_and_no_open_socket() {
+    const N: usize = 30;
+    let ns = NetNs::new("own-exit");
+    let listener = ns.listen(localhost4());
+    let port = listener.local_addr().unwrap().port();
+    let mut tracer = Tracer::start(&[
+        "--threshold",
+        "100ms",
+        "--stacks",
+        "on",
+        "--port",
+        &port.to_string(),
+    ]);
+    let mut leakers = Vec::new();
+    let mut pids = std::collections::HashMap::new();
+    for _ in 0..N {
+        let mut leaker =
+            support::Leaker::spawn(&ns, None, "c", &["connect", "127.0.0.1", &port.to_string()]);
+        let (server, peer) = listener.accept().unwrap();
+        drop(server);
+        let pid: u32 = leaker.expect("ready")["pid"].parse().unwrap();
+        pids.insert(peer.port(), pid);
+        leakers.push((leaker, Instant::now()));
+    }
+    // Kill them around the threshold and the lookup: 50 ms to 340 ms after.
+    for (i, (leaker, ready)) in leakers.iter().enumerate() {
+        let at = *ready + Duration::from_millis(50 + 10 * i as u64);
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        leaker.kill();
+    }
+    // Reaped: the kernel has closed every socket, so every exit is in the
+    // ring buffer before the tracer is stopped.
+    drop(leakers);
+    let summary = tracer.interrupt();
+    let seen = tracer.seen();
+    for stuck in seen.iter().filter(|v| v["event"] == "stuck") {
+        let lport = stuck["lport"].as_u64().unwrap() as u16;
+        if let Some(pid) = stuck["pid"].as_u64() {
+            assert_eq!(
+                Some(&(pid as u32)),
+                pids.get(&lport),
+                "a wrong owner: {stuck}"
+            );
+        }
+        assert!(
+            seen.iter()
+                .any(|v| v["event"] == "close" && v["cookie"] == stuck["cookie"]),
+            "reported stuck, never closed: {stuck}"
+        );
+    }
+    assert!(
+        summary["stuck"].as_u64().unwrap() > 0,
+        "none got stuck: {summary}"
+    );
+    assert_eq!(summary["still_stuck"], 0, "{summary}");
+    assert!(!tracer.stderr().contains("panic"), "{}", tracer.stderr());
+}
+
+/// A tracer with `--stacks on` and creation-record maps of 64 entries.
+fn tracer_with_64_records(port: u16) -> Tracer {
+    Tracer::start(&[
+        "--threshold",
+        "300ms",
+        "--stacks",
+        "on",
+        "--creation-records",
+        "64",
+        "--port",
+        &port.to_string(),
+    ])
+}
+
+#[test]
+fn closed_connections_leave_the_creation_record_map() {
+    let ns = NetNs::new("rec-churn");
+    let listener = ns.listen(localhost4());
+    let port = listener.local_addr().unwrap().port();
+    let mut tracer = tracer_with_64_records(port);
+    // Eight times the map's size, each connection closed: none is kept.
+    for _ in 0..512 {
+        drop(ns.connected_pair(&listener));
+    }
+    let (client, server) = ns.connected_pair(&listener);
+    drop(server);
+    let stuck = tracer.expect("stuck", 5 * S, |v| {
+        v["event"] == "stuck" && v["rport"] == port
+    });
+    assert_eq!(stuck["creation"]["kind"], "connect", "{stuck}");
+    let summary = tracer.interrupt();
+    assert_eq!(summary["stacks_missed"], 0, "{summary}");
+    assert!(!tracer.stderr().contains("evicted"), "{}", tracer.stderr());
+    drop(client);
+}
+
+#[test]
+fn a_full_creation_record_map_is_counted_in_stacks_missed_and_said_once() {
+    const LIVE: usize = 100;
+    support::raise_fd_limit();
+    let ns = NetNs::new("rec-full");
+    let listener = ns.listen(localhost4());
+    let port = listener.local_addr().unwrap().port();
+    let mut tracer = tracer_with_64_records(port);
+    // More live connections than records: the oldest are pushed out.
+    let mut pairs: Vec<_> = (0..LIVE).map(|_| ns.connected_pair(&listener)).collect();
+    let (oldest, server) = pairs.remove(0);
+    drop(server);
+    let stuck = tracer.expect("stuck", 5 * S, |v| {
+        v["event"] == "stuck" && v["rport"] == port
+    });
+    assert!(
+        stuck["creation"].is_null(),
+        "its record was evicted: {stuck}"
+    );
+    let summary = tracer.interrupt();
+    let missed = summary["stacks_missed"].as_u64().unwrap();
+    assert!(missed >= (LIVE - 64) as u64, "{summary}");
+    said_once(&tracer.stderr(), "the oldest records are evicted");
+    drop((oldest, pairs));
+}
+
 fn connect_leak_without(feature: &str, which: &str) -> (serde_json::Value, String) {
     let ns = NetNs::new("stk-without");
     let listener = ns.listen(localhost4());
@@ -1443,6 +1567,40 @@ fn missing_syscall_tracepoints_keeps_connect_stacks() {
     assert_eq!(stuck["creation"]["kind"], "connect", "{stuck}");
     tracer.interrupt();
     said_once(&tracer.stderr(), "accepted sockets get no creation stack");
+}
+
+/// tracefs cannot be mounted (nothing at /sys/kernel/tracing to mount it
+/// on, and no way to make it): the BTF tracepoint needs none, so tracing
+/// goes on; accepted sockets lose their creation stack, said in one line.
+#[test]
+fn tracefs_that_cannot_be_mounted_is_one_line_and_tracing_goes_on() {
+    let ns = NetNs::new("no-tracefs");
+    let listener = ns.listen(localhost4());
+    let port = listener.local_addr().unwrap().port();
+    // /sys/kernel becomes a read-only tmpfs holding only the kernel's BTF.
+    let script = "f=$(mktemp) && cp /sys/kernel/btf/vmlinux \"$f\" \
+        && mount -t tmpfs tmpfs /sys/kernel && mkdir /sys/kernel/btf \
+        && cp \"$f\" /sys/kernel/btf/vmlinux && rm -f \"$f\" \
+        && mount -o remount,ro /sys/kernel && exec \"$@\"";
+    let wrapper = support::in_private_mounts(script);
+    let args = [
+        "--threshold",
+        "300ms",
+        "--stacks",
+        "on",
+        "--port",
+        &port.to_string(),
+    ];
+    let mut tracer = Tracer::try_start_under(&wrapper, &args).expect("no start line");
+    let (client, server) = ns.connected_pair(&listener);
+    drop(server);
+    let stuck = tracer.expect("stuck", 5 * S, |v| {
+        v["event"] == "stuck" && v["rport"] == port
+    });
+    assert_eq!(stuck["creation"]["kind"], "connect", "{stuck}");
+    tracer.interrupt();
+    said_once(&tracer.stderr(), "tracefs");
+    drop(client);
 }
 
 #[test]

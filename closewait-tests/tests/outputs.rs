@@ -6,7 +6,9 @@
 mod support;
 
 use std::{
+    ffi::OsStr,
     net::SocketAddr,
+    os::unix::ffi::OsStrExt,
     time::{Duration, Instant},
 };
 
@@ -367,4 +369,95 @@ fn owner_in_a_kubelet_pod_has_pod_name_namespace_and_uid() {
         }
         drop(leaker);
     }
+}
+
+// ---- text from other processes ----
+
+/// A process whose name and command line hold invalid UTF-8, a terminal
+/// escape and a bidirectional override: the stream, the live view and the
+/// metrics' labels show them escaped, and JSON stays valid.
+#[test]
+fn hostile_process_names_are_escaped_in_every_output() {
+    let ns = NetNs::new("hostile");
+    let listener = ns.listen(localhost4());
+    let port = listener.local_addr().unwrap().port();
+    let (mut json, metrics) = tracer_with_metrics(&port.to_string());
+    let mut text = Tracer::start_text(&["--threshold", "300ms", "--port", &port.to_string()]);
+    // 12 bytes: all of it fits in the kernel's comm (15 at most).
+    let name = OsStr::from_bytes(b"\xff\x1b[2J\xe2\x80\xaeevil");
+    let port_arg = port.to_string();
+    let args: [&OsStr; 5] = [
+        "connect".as_ref(),
+        "127.0.0.1".as_ref(),
+        port_arg.as_ref(),
+        "--name".as_ref(),
+        name,
+    ];
+    let mut leaker = support::Leaker::spawn_os(&ns, None, "c", &args);
+    drop(listener.accept().unwrap());
+    let pid = leaker.expect("ready")["pid"].clone();
+
+    // JSON: the line parsed, so it is valid; the name is the kernel's,
+    // with the invalid byte replaced.
+    let stuck = json.expect("stuck", 5 * S, |v| {
+        v["event"] == "stuck" && v["rport"] == port
+    });
+    assert_eq!(stuck["comm"], "\u{fffd}\u{1b}[2J\u{202e}evil", "{stuck}");
+    assert!(
+        stuck["cmdline"].as_str().unwrap().ends_with("\u{202e}evil"),
+        "{stuck}"
+    );
+
+    let line = text.expect_line("STUCK line", 5 * S, |l| {
+        l.contains(" STUCK ") && l.contains(&format!(":{port} "))
+    });
+    // The metrics follow the model, refreshed every second.
+    let deadline = Instant::now() + 5 * S;
+    let label = loop {
+        let (_, _, scrape) = support::http::get(metrics, "/metrics", &[]).expect("scrape");
+        let series = scrape
+            .lines()
+            .find(|l| l.starts_with("closewait_stuck_sockets{") && l.contains("evil"));
+        match series {
+            Some(series) => break series.to_owned(),
+            None if Instant::now() < deadline => std::thread::sleep(S / 10),
+            None => panic!("no series for the process:\n{scrape}"),
+        }
+    };
+    let out = support::run_to_end(
+        &[
+            "top",
+            "--once",
+            "-d",
+            "1",
+            "--threshold",
+            "0s",
+            "--port",
+            &port.to_string(),
+        ],
+        false,
+    );
+    let top = String::from_utf8(out.stdout).expect("top --once prints UTF-8");
+    let row = top
+        .lines()
+        .find(|l| l.contains(&format!(" {pid} (")))
+        .unwrap_or_else(|| panic!("no row for the process:\n{top}"))
+        .to_owned();
+    for (what, shown) in [("stream", &line), ("metrics", &label), ("top", &row)] {
+        assert!(
+            !shown.contains('\u{1b}') && !shown.contains('\u{202e}'),
+            "{what} shows the raw text: {shown:?}"
+        );
+        // (the live view's owner column is cut short after the override)
+        assert!(
+            shown.contains(r"\x1b[2J") && shown.contains(r"\u{202e}"),
+            "{what}: {shown:?}"
+        );
+    }
+    let rest = text.interrupt_text();
+    assert!(
+        !rest.contains('\u{1b}') && !rest.contains('\u{202e}'),
+        "{rest:?}"
+    );
+    drop(json);
 }

@@ -655,6 +655,17 @@ impl Leaker {
     }
 
     pub fn spawn(ns: &NetNs, cgroup: Option<&Cgroup>, which: &str, args: &[&str]) -> Leaker {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        Leaker::spawn_os(ns, cgroup, which, &args)
+    }
+
+    /// [`Leaker::spawn`] with arguments that need not be UTF-8.
+    pub fn spawn_os(
+        ns: &NetNs,
+        cgroup: Option<&Cgroup>,
+        which: &str,
+        args: &[&std::ffi::OsStr],
+    ) -> Leaker {
         // Join the cgroup from a shell, then exec into the namespace (`ip
         // netns exec` remounts /sys, hiding the cgroup fs, so join first).
         // Every exec keeps the pid: the leaker lives its whole life there.
@@ -679,6 +690,13 @@ impl Leaker {
             lines,
             stdin,
         }
+    }
+
+    /// SIGKILL now (its pid is the leaker's: every exec kept it); reaped
+    /// when dropped.
+    pub fn kill(&self) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGKILL) };
     }
 
     /// Write `line` to its stdin.
