@@ -5,6 +5,7 @@ mod build;
 mod cmd;
 mod guest;
 mod setup;
+mod soak;
 mod test;
 
 use std::{ffi::OsString, process::ExitCode};
@@ -42,6 +43,10 @@ enum Task {
     /// Run setup, build (release), then benchmark closewait-trace against an empty program and
     /// peer tracers (root); writes target/bench/report.md
     Bench(bench::BenchArgs),
+    /// Run setup, build (release), then leave closewait-trace running for 10 minutes under
+    /// 100,000 stuck sockets, full-speed churn, killed owners and a full ring buffer, auditing
+    /// every line it prints (root); writes target/soak/report.md, fails on a broken promise
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +60,7 @@ fn main() -> ExitCode {
         Task::Dist => build::dist().map(|_| ()),
         Task::Test(args) => test::test(&args),
         Task::Bench(args) => bench::bench(&args),
+        Task::Soak(args) => soak::soak(&args),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");

@@ -4,7 +4,7 @@ use std::{ffi::OsString, path::PathBuf, process::Command};
 
 use anyhow::{bail, Result};
 
-use crate::{build, cmd, guest, setup};
+use crate::{build, cmd, guest, setup, soak};
 
 #[derive(clap::Args)]
 pub struct TestArgs {
@@ -109,6 +109,17 @@ pub fn test(args: &TestArgs) -> Result<()> {
                 .args(&args.kernel_args);
             let name = format!("kernel tests (root) on the running kernel, {}", uname_r());
             steps.push(Step::cargo(&name, kernel, true));
+            steps.push(Step {
+                name: format!(
+                    "the one-minute soak (closewait-soak {})",
+                    soak::SHORT.join(" ")
+                ),
+                run: Box::new(|| {
+                    let release = soak::build_all()?;
+                    cmd::run_echoed(soak::command(&release).args(soak::SHORT))
+                }),
+                needs_previous: false,
+            });
             steps.push(Step::cargo(
                 "ignored root-only unit tests",
                 cargo(&[

@@ -19,6 +19,7 @@ struct Line {
     stuck: Option<Value>,
     lport: Option<u16>,
     rport: Option<u16>,
+    creation: Option<Value>,
 }
 
 /// What was said about one socket (by cookie).
@@ -36,6 +37,8 @@ pub struct Said {
     stuck_seen: bool,
     pub lport: Option<u16>,
     pub rport: Option<u16>,
+    /// A report carried the creation record (and stack).
+    pub created: bool,
     pub closes: u32,
     /// A close whose exit event was lost and found by reconciliation (`new_state` null).
     pub recovered_close: bool,
@@ -92,6 +95,7 @@ impl Ledger {
         said.netns = said.netns.or(line.netns);
         said.lport = said.lport.or(line.lport);
         said.rport = said.rport.or(line.rport);
+        said.created |= line.event != "close" && line.creation.is_some();
         match line.event.as_str() {
             "close" => {
                 said.closes += 1;
@@ -114,6 +118,12 @@ impl Ledger {
     /// What was said about the socket with this inode.
     pub fn by_inode(&self, inode: u64) -> Option<&Said> {
         self.sockets.get(self.by_inode.get(&inode)?)
+    }
+
+    /// How many of `inodes` were reported with their creation record.
+    pub fn with_creation<'a>(&self, inodes: impl IntoIterator<Item = &'a u64>) -> usize {
+        let said = inodes.into_iter().filter_map(|&i| self.by_inode(i));
+        said.filter(|s| s.created).count()
     }
 
     /// How many of `inodes` were reported (stuck or existing), and how many of them closed.
@@ -260,7 +270,7 @@ mod tests {
 
     fn line(event: &str, cookie: u64, inode: u64, netns: u64) -> String {
         format!(
-            r#"{{"event":"{event}","ts":"x","cookie":{cookie},"inode":{inode},"netns":{netns},"new_state":"LAST_ACK","stack":[{{"symbol":"s"}}]}}"#
+            r#"{{"event":"{event}","ts":"x","cookie":{cookie},"inode":{inode},"netns":{netns},"new_state":"LAST_ACK","creation":{{"kind":"accept"}},"stack":[{{"symbol":"s"}}]}}"#
         )
     }
 
@@ -293,6 +303,7 @@ mod tests {
         );
         assert_eq!(ledger.lost, 5);
         assert_eq!(ledger.progress(&[11, 12, 14]), (3, 1));
+        assert_eq!(ledger.with_creation(&[11, 12, 13, 99]), 3);
         let clean = ledger.audit(&[11], &[12, 13], &BTreeSet::from([7]));
         assert_eq!(
             clean.problems(),
@@ -353,6 +364,11 @@ mod tests {
         let audit = ledger.audit(&[1, 2, 3], &[], &BTreeSet::from([7]));
         assert_eq!(audit.open_reported_twice, 1, "{audit:?}");
         assert!(!ledger.by_inode(1).unwrap().duplicate);
+        assert_eq!(
+            ledger.with_creation(&[1, 2, 3]),
+            2,
+            "the stuck lines had it"
+        );
     }
 
     #[test]

@@ -67,6 +67,25 @@ pub struct SoakArgs {
 }
 
 impl SoakArgs {
+    /// The same flags, for `cargo xtask soak` to pass on.
+    pub fn to_args(&self) -> Vec<String> {
+        let ms = |d: Duration| format!("{}ms", d.as_millis());
+        vec![
+            "--duration".into(),
+            ms(self.duration),
+            "--sockets".into(),
+            self.sockets.to_string(),
+            "--processes".into(),
+            self.processes.to_string(),
+            "--namespaces".into(),
+            self.namespaces.to_string(),
+            "--kill".into(),
+            self.kill.to_string(),
+            "--ring-full".into(),
+            ms(self.ring_full),
+        ]
+    }
+
     fn check(&self) -> Result<u64> {
         ensure!(
             self.processes > 0 && self.namespaces > 0,
@@ -148,6 +167,7 @@ pub fn soak(args: &SoakArgs) -> Result<()> {
         log_seq: 0,
         leakers: Vec::new(),
         gone: BTreeSet::new(),
+        fresh: BTreeSet::new(),
         figures: Figures::default(),
     };
     let result = run.go();
@@ -192,6 +212,9 @@ struct Run {
     leakers: Vec<Leaker>,
     /// Sockets the kernel closed (their owner was killed or let them go).
     gone: BTreeSet<u64>,
+    /// Sockets of the leakers started while tracing (capture armed): each
+    /// should have its creation stack.
+    fresh: BTreeSet<u64>,
     figures: Figures,
 }
 
@@ -226,6 +249,10 @@ impl Run {
             &BTreeSet::new(),
         )?;
         self.figures.all_reported_s = spawned.elapsed().as_secs_f64();
+        // Start-up ends when every socket found is flagged stuck: those found
+        // younger than the threshold cross it within its length.
+        self.until_all_stuck(&mut tracer)?;
+        self.figures.all_stuck_s = spawned.elapsed().as_secs_f64();
         let pid = tracer.proc.pid();
         self.figures.hwm_start_kib = status_kib(pid, "VmHWM")?;
         self.figures.rss_start_kib = status_kib(pid, "VmRSS")?;
@@ -278,6 +305,8 @@ impl Run {
         self.figures.metrics_end = Some(m);
         self.figures.truth_open_end = open.len() as u64;
         self.figures.audit_end = Some(tracer.ledger().audit(&open, &self.gone, &self.netns_inodes));
+        self.figures.fresh = self.fresh.len() as u64;
+        self.figures.fresh_with_creation = tracer.ledger().with_creation(&self.fresh) as u64;
 
         eprintln!("==> releasing every stuck socket");
         let released = Instant::now();
@@ -374,6 +403,7 @@ impl Run {
             leaker.ready(self.per)?;
             fresh.extend(leaker.sockets.iter().copied());
         }
+        self.fresh.extend(fresh.iter().copied());
         Ok(fresh)
     }
 
@@ -440,6 +470,24 @@ impl Run {
                 );
             }
             pause(Duration::from_millis(100))?;
+        }
+    }
+
+    /// Waits until the metrics count every live leaker's socket as stuck.
+    fn until_all_stuck(&mut self, tracer: &mut Tracer) -> Result<()> {
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            tracer.check_running()?;
+            self.refresh()?;
+            let want = self.open_sockets().len() as f64;
+            let stuck = tracer.scrape()?.stuck_churn;
+            if stuck == want {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("after {CONVERGE:?}, the metrics show {stuck} of {want} sockets stuck");
+            }
+            pause(Duration::from_millis(200))?;
         }
     }
 

@@ -24,6 +24,8 @@ pub struct Figures {
     pub park_s: f64,
     pub start_line_s: f64,
     pub all_reported_s: f64,
+    /// Spawn to every socket found flagged stuck (the end of start-up).
+    pub all_stuck_s: f64,
     pub hwm_start_kib: u64,
     pub rss_start_kib: u64,
     pub hwm_end_kib: u64,
@@ -38,6 +40,10 @@ pub struct Figures {
     pub lost_in_ring_full: Option<u64>,
     pub lost_lines: u64,
     pub truth_open_end: u64,
+    /// Sockets of leakers started while tracing, and how many were reported with their
+    /// creation record.
+    pub fresh: u64,
+    pub fresh_with_creation: u64,
     /// Sockets that left CLOSE_WAIT by the kernel's doing while their owner held them.
     pub closed_by_kernel: u64,
     pub metrics_end: Option<Metrics>,
@@ -80,6 +86,14 @@ impl Figures {
             out.push(format!(
                 "closewait_stuck_sockets of the leakers is {} at the end; {} were stuck",
                 m.stuck_churn, self.truth_open_end
+            ));
+        }
+        if self.fresh_with_creation < self.fresh {
+            out.push(format!(
+                "{} of {} sockets leaked while tracing were reported without their creation \
+                 stack",
+                self.fresh - self.fresh_with_creation,
+                self.fresh
             ));
         }
         if self.hwm_end_kib > self.hwm_budget_kib() {
@@ -225,6 +239,10 @@ pub fn render(args: &SoakArgs, f: &Figures, error: Option<&anyhow::Error>) -> St
         ),
         ("audit at the end of the churn", audit(&f.audit_end)),
         (
+            "sockets leaked while tracing, reported with their creation stack",
+            format!("{} of {}", f.fresh_with_creation, f.fresh),
+        ),
+        (
             "sockets the kernel closed under their owner (a reset from the peer)",
             f.closed_by_kernel.to_string(),
         ),
@@ -341,6 +359,7 @@ mod tests {
             (|f| f.close_wait_after = Some(3), "the table holds"),
             (|f| f.lost_in_ring_full = Some(0), "never filled"),
             (|f| f.lost_lines = 10, "lost events"),
+            (|f| f.fresh = 3, "without their creation stack"),
             (
                 |f| f.metrics_end.as_mut().unwrap().stuck_churn = 99.0,
                 "closewait_stuck_sockets",
