@@ -99,6 +99,15 @@ static TP_OFFSETS: TpOffsets = TpOffsets::UNSET;
 #[no_mangle]
 static CONFIG: Config = Config::DEFAULT;
 
+/// One field of `CONFIG`: a single load, where [`config`] copies the whole
+/// struct (ports included) to the stack, which costs on every event.
+macro_rules! setting {
+    ($field:ident) => {
+        // SAFETY: a plain read of a read-only global the loader wrote.
+        unsafe { read_volatile(core::ptr::addr_of!(CONFIG.$field)) }
+    };
+}
+
 const CLOSE_WAIT_I32: i32 = CLOSE_WAIT as i32;
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -146,7 +155,7 @@ fn enter_btf(ctx: &BtfTracePointContext, old: i32) -> Result<(), ()> {
     let at = |field: u32| field.wrapping_sub(off.common_base) as usize;
     let sport = u16::from_ne_bytes(take(&common, at(off.skc_num))?);
     let dport = u16::from_be_bytes(take(&common, at(off.skc_dport))?);
-    if !config().port_matches(sport, dport) {
+    if setting!(n_ports) != 0 && !config().port_matches(sport, dport) {
         return Ok(());
     }
     let mut ev = StateEvent::zeroed();
@@ -186,12 +195,11 @@ fn enter_btf(ctx: &BtfTracePointContext, old: i32) -> Result<(), ()> {
 fn exit_btf(ctx: &BtfTracePointContext, new: i32) -> Result<(), ()> {
     let sk: *const u8 = ctx.arg(0);
     let mut ev = StateEvent::zeroed();
-    let cfg = config();
-    if cfg.n_ports != 0 {
+    if setting!(n_ports) != 0 {
         let off = unsafe { read_volatile(&SOCK_OFFSETS) };
         ev.sport = read(sk, off.skc_num)?;
         ev.dport = u16::from_be(read::<u16>(sk, off.skc_dport)?);
-        if !cfg.port_matches(ev.sport, ev.dport) {
+        if !config().port_matches(ev.sport, ev.dport) {
             return Ok(());
         }
     }
@@ -249,12 +257,14 @@ fn record_connect(ctx: &BtfTracePointContext) -> Result<(), ()> {
     Ok(())
 }
 
-/// Into CLOSE (every socket ends there): its connect() record goes, so the
-/// map holds live connections only and churn does not push out the record
-/// of a socket that leaked minutes ago.
+/// Into CLOSE (every socket ends there), once fully armed: its connect()
+/// record goes, so the map holds live connections only and churn does not
+/// push out the record of a socket that leaked minutes ago.
 #[inline(always)]
 fn forget_connect(ctx: &BtfTracePointContext) -> Result<(), ()> {
-    if armed_level() == armed::OFF {
+    // Within the budget (before trouble) records come slowly enough that
+    // the map outlasts them; every connection's close would cost a lookup.
+    if !stacks_armed() {
         return Ok(());
     }
     let sk: *const u8 = ctx.arg(0);
@@ -273,12 +283,12 @@ fn forget_connect(ctx: &BtfTracePointContext) -> Result<(), ()> {
 /// context: record its user stack under (tgid, fd).
 #[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    let cfg = config();
     if !stacks_armed() {
         return 0;
     }
+    let accept_ret: u32 = setting!(accept_ret);
     // SAFETY: the offset comes from this kernel's format file.
-    let Ok(fd) = (unsafe { ctx.read_at::<i64>(cfg.accept_ret as usize) }) else {
+    let Ok(fd) = (unsafe { ctx.read_at::<i64>(accept_ret as usize) }) else {
         return 0;
     };
     if fd < 0 {
@@ -336,7 +346,7 @@ fn record_eof_read(ctx: &BtfTracePointContext) -> Result<(), ()> {
 
 #[inline(always)]
 fn armed_level() -> u32 {
-    if config().stacks == 0 {
+    if setting!(stacks) == 0 {
         return armed::OFF;
     }
     STACKS_ARMED.get(0).map_or(armed::OFF, |level| *level)
@@ -363,7 +373,7 @@ fn take_budget() -> bool {
         budget.window_start_ns = now;
         budget.used = 0;
     }
-    if budget.used >= config().budget_per_window {
+    if budget.used >= setting!(budget_per_window) {
         return false;
     }
     budget.used += 1;
@@ -535,7 +545,7 @@ fn try_tp(ctx: &TracePointContext) -> Result<(), i32> {
     }
     let sport: u16 = unsafe { ctx.read_at(off.sport as usize)? };
     let dport: u16 = unsafe { ctx.read_at(off.dport as usize)? };
-    if !config().port_matches(sport, dport) {
+    if setting!(n_ports) != 0 && !config().port_matches(sport, dport) {
         return Ok(());
     }
     let mut ev = StateEvent::zeroed();
@@ -577,7 +587,8 @@ fn read<T>(base: *const u8, offset: u32) -> Result<T, ()> {
 /// filling up is the agent woken at once.
 #[inline(always)]
 fn submit(ev: &StateEvent) {
-    let wakeup_bytes = config().wakeup_bytes as u64;
+    let wakeup_bytes: u32 = setting!(wakeup_bytes);
+    let wakeup_bytes = u64::from(wakeup_bytes);
     let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wakeup_bytes {
         BPF_RB_FORCE_WAKEUP
     } else {
