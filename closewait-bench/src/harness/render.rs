@@ -373,16 +373,21 @@ fn render_recv(out: &mut String, rounds: &[Round]) {
 fn render_rss(out: &mut String, rss: &Rss) {
     let _ = writeln!(
         out,
-        "closewait-trace (default mode) while churn parks sockets in CLOSE_WAIT; \
-         /proc/PID/status {}s after all are parked.\n\n\
-         | parked | summary in_close_wait | lost | VmHWM | VmRSS |\n\
-         | --- | --- | --- | --- | --- |\n| {} | {} | {} | {} | {} |",
+        "closewait-trace (default mode) with sockets parked in CLOSE_WAIT. Tracked: \
+         `--threshold 1h` while churn parks them, /proc/PID/status {}s after; reported: a \
+         second closewait-trace (default threshold) finds them at start, \
+         /proc/PID/status once its metrics count them all stuck (owners, evidence, \
+         diagnosis, groups).\n\n\
+         | parked | summary in_close_wait | lost | tracked: VmHWM | VmRSS | reported: VmHWM | VmRSS |\n\
+         | --- | --- | --- | --- | --- | --- | --- |\n| {} | {} | {} | {} | {} | {} | {} |",
         RSS_DRAIN.as_secs(),
         rss.parked,
         rss.in_close_wait,
         rss.lost,
         mib(rss.hwm_kib),
-        mib(rss.rss_kib)
+        mib(rss.rss_kib),
+        mib(rss.hwm_stuck_kib),
+        mib(rss.rss_stuck_kib)
     );
 }
 

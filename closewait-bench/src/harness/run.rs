@@ -1,10 +1,19 @@
 //! The steps of a run, in order, and what each one measures.
 
-use std::{collections::BTreeMap, fs, path::PathBuf, sync::atomic::AtomicU32, time::Instant};
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::atomic::AtomicU32,
+    time::{Duration, Instant},
+};
 
-use anyhow::{Context as _, Result};
+use anyhow::{ensure, Context as _, Result};
 use closewait_host::command::find_program;
 use serde_json::Value;
+
+use crate::soak::world::{free_port, http_get, Metrics};
 
 use super::{
     launch::{find_tcpstates, Tracer, PARK_TIMEOUT, START_SUMMARY},
@@ -83,8 +92,12 @@ pub(super) struct StartRun {
 
 pub(super) struct Rss {
     pub(super) parked: u64,
+    /// Tracked (in the table), before the threshold: [`RSS_DRAIN`] after parking.
     pub(super) hwm_kib: u64,
     pub(super) rss_kib: u64,
+    /// Every socket flagged stuck and reported: owners, evidence, diagnosis, groups.
+    pub(super) hwm_stuck_kib: u64,
+    pub(super) rss_stuck_kib: u64,
     pub(super) in_close_wait: u64,
     pub(super) lost: u64,
 }
@@ -286,11 +299,13 @@ impl Bench {
         Ok(Startup { parked, runs })
     }
 
-    /// Step 6: closewait-trace's memory with many sockets in CLOSE_WAIT.
+    /// Step 6: closewait-trace's memory with many sockets in CLOSE_WAIT: tracked (seen
+    /// entering, under a threshold they do not reach), then reported (found at start and
+    /// past the threshold: owners, evidence, diagnosis, groups).
     fn rss(&mut self) -> Result<Rss> {
         let (total, processes) = (self.plan.rss_park, self.plan.rss_processes);
         eprintln!("==> memory with {total} sockets in CLOSE_WAIT ({processes} churn processes)");
-        let tracer = self.start_tracer(Config::Closewait, &[], START_SUMMARY)?;
+        let tracer = self.start_tracer(Config::Closewait, &["--threshold", "1h"], START_SUMMARY)?;
         let mut parks = Vec::new();
         for (i, count) in split(total, processes).into_iter().enumerate() {
             let port = u16::try_from(i)
@@ -309,6 +324,23 @@ impl Bench {
         let rss_kib = status_kib(pid, "VmRSS")?;
         let events = tracer.stop()?;
         let summary = summary_of(&events)?;
+        let (in_close_wait, lost) = (number(summary, "in_close_wait")?, number(summary, "lost")?);
+
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let flag = metrics.to_string();
+        let tracer = self.start_tracer(Config::Closewait, &["--metrics", &flag], START_SUMMARY)?;
+        let deadline = Instant::now() + PARK_TIMEOUT;
+        while Metrics::parse(&http_get(metrics, "/metrics")?).stuck < parked as f64 {
+            ensure!(
+                Instant::now() < deadline,
+                "not all {parked} sockets flagged stuck"
+            );
+            pause(Duration::from_millis(200))?;
+        }
+        let pid = tracer.proc.pid();
+        let hwm_stuck_kib = status_kib(pid, "VmHWM")?;
+        let rss_stuck_kib = status_kib(pid, "VmRSS")?;
+        tracer.stop()?;
         for park in parks {
             park.release()?;
         }
@@ -316,8 +348,10 @@ impl Bench {
             parked,
             hwm_kib,
             rss_kib,
-            in_close_wait: number(summary, "in_close_wait")? as u64,
-            lost: number(summary, "lost")? as u64,
+            hwm_stuck_kib,
+            rss_stuck_kib,
+            in_close_wait: in_close_wait as u64,
+            lost: lost as u64,
         })
     }
 

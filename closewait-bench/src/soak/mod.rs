@@ -8,7 +8,7 @@
 
 mod ledger;
 mod report;
-mod world;
+pub(crate) mod world;
 
 use std::{
     collections::BTreeSet,

@@ -289,7 +289,7 @@ impl Metrics {
 }
 
 /// A minimal HTTP/1.0 GET: the body of a 200 reply.
-fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
@@ -304,7 +304,7 @@ fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
 }
 
 /// A free loopback port for the metrics endpoint.
-pub fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
