@@ -43,8 +43,14 @@ const EXIT_PATIENCE: Duration = Duration::from_secs(30);
 /// How often the kernel's drop counters are read and the model's counts
 /// refreshed.
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
-/// How soon a scan follows one that missed a socket the table holds.
+/// How soon a scan follows one that missed a socket the table holds, when
+/// events were lost in the last [`LOSS_MEMORY`]: the exit may really be
+/// among them. Otherwise the exit would have been seen, and a missing
+/// socket is a dump that skipped it (under churn, a few of 100,000 per
+/// scan): the regular scans settle it, without a scan of the whole table
+/// every second.
 const CONFIRM_INTERVAL: Duration = Duration::from_secs(1);
+const LOSS_MEMORY: Duration = Duration::from_secs(60);
 
 /// A report waiting, in order, for the context of its socket.
 struct Pending {
@@ -553,6 +559,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut next_stats = Instant::now() + STATS_INTERVAL;
     let mut drops_seen = Drops::default();
     let mut losses_seen = 0;
+    let mut lost_at: Option<Instant> = None;
 
     loop {
         let mut scan_done = None;
@@ -576,7 +583,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(scan) => {
                     agent.reconcile(&scan, false)?;
                     // A socket missing from this scan is settled by the next ones.
-                    if agent.tracker.has_absent() {
+                    let lost_lately = lost_at.is_some_and(|t| t.elapsed() < LOSS_MEMORY);
+                    if lost_lately && agent.tracker.has_absent() {
                         next_scan = next_scan.min(Instant::now() + CONFIRM_INTERVAL);
                     }
                 }
@@ -590,6 +598,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let losses = kernel.ring_losses()?;
             if losses != losses_seen {
                 losses_seen = losses;
+                lost_at = Some(Instant::now());
                 agent.tracker.note_loss(mono_ns());
                 next_scan = Instant::now();
             }
@@ -617,6 +626,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 agent.out.lost(&drops.since(&drops_seen), mono_ns())?;
                 // Lost events may hide an entry or an exit: check now.
                 next_scan = wall_now;
+                lost_at = Some(wall_now);
             }
             drops_seen = drops;
             agent.refresh_model(drops);
