@@ -127,13 +127,16 @@ fn try_btf(ctx: &BtfTracePointContext) -> Result<(), ()> {
     let new: i32 = ctx.arg(2);
     if new == CLOSE_WAIT_I32 {
         enter_btf(ctx, old)
-    } else if old == CLOSE_WAIT_I32 {
-        exit_btf(ctx, new)
     } else if new == SYN_SENT as i32 && old == CLOSE as i32 {
         record_connect(ctx)
-    } else if new == CLOSE as i32 {
-        forget_connect(ctx)
     } else {
+        if old == CLOSE_WAIT_I32 {
+            exit_btf(ctx, new)?;
+        }
+        // CLOSE_WAIT -> CLOSE (a reset) too.
+        if new == CLOSE as i32 {
+            forget_connect(ctx)?;
+        }
         Ok(())
     }
 }
@@ -257,14 +260,12 @@ fn record_connect(ctx: &BtfTracePointContext) -> Result<(), ()> {
     Ok(())
 }
 
-/// Into CLOSE (every socket ends there), once fully armed: its connect()
-/// record goes, so the map holds live connections only and churn does not
-/// push out the record of a socket that leaked minutes ago.
+/// Into CLOSE (every socket ends there), while armed: its connect() record
+/// goes, so the map holds live connections only and churn does not push
+/// out the record of a socket that leaked minutes ago.
 #[inline(always)]
 fn forget_connect(ctx: &BtfTracePointContext) -> Result<(), ()> {
-    // Within the budget (before trouble) records come slowly enough that
-    // the map outlasts them; every connection's close would cost a lookup.
-    if !stacks_armed() {
+    if armed_level() == armed::OFF {
         return Ok(());
     }
     let sk: *const u8 = ctx.arg(0);
