@@ -26,7 +26,7 @@ use crate::{
     model::{Enriched, Model, StacksNow},
     output::{self, format::WallClock, Output, StartInfo},
     privileges,
-    probe::{Drops, LoadOptions, Probe},
+    probe::{Drops, Kernel, LoadOptions, Probe},
     tracking::{Bound, Filter, Found, Observed, OwnerFilter, Report, Socket, Tracker, Transition},
 };
 
@@ -314,6 +314,22 @@ impl Agent {
     }
 }
 
+/// Before flagging: whether the ring buffer lost events since `seen` (read
+/// only when a socket is due to be flagged); if so the tracker holds what
+/// the loss may have hidden until a scan confirms it.
+fn check_losses(agent: &mut Agent, kernel: &Kernel, seen: &mut u64) -> anyhow::Result<bool> {
+    if !agent.tracker.is_due(mono_ns()) {
+        return Ok(false);
+    }
+    let losses = kernel.ring_losses()?;
+    if losses == *seen {
+        return Ok(false);
+    }
+    *seen = losses;
+    agent.tracker.note_loss(mono_ns());
+    Ok(true)
+}
+
 /// The first time connect() records are evicted: one line.
 fn say_evictions(before: &Drops, now: &Drops, capacity: u32) {
     if now.connects_evicted > 0 && before.connects_evicted == 0 {
@@ -560,6 +576,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut drops_seen = Drops::default();
     let mut losses_seen = 0;
     let mut lost_at: Option<Instant> = None;
+    let mut scan_started = Instant::now();
 
     loop {
         let mut scan_done = None;
@@ -594,14 +611,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         // Flag nothing whose exit may be among events lost since the last look.
-        if agent.tracker.is_due(mono_ns()) {
-            let losses = kernel.ring_losses()?;
-            if losses != losses_seen {
-                losses_seen = losses;
-                lost_at = Some(Instant::now());
-                agent.tracker.note_loss(mono_ns());
-                next_scan = Instant::now();
-            }
+        if check_losses(&mut agent, &kernel, &mut losses_seen)? {
+            lost_at = Some(Instant::now());
+            next_scan = next_scan.min((scan_started + CONFIRM_INTERVAL).max(Instant::now()));
         }
         agent.poll_stuck()?;
         if stacks_mode == StacksMode::Auto && agent.trouble && !stacks_armed {
@@ -624,8 +636,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             say_evictions(&drops_seen, &drops, cli.creation_records);
             if drops.events_lost() != drops_seen.events_lost() {
                 agent.out.lost(&drops.since(&drops_seen), mono_ns())?;
-                // Lost events may hide an entry or an exit: check now.
-                next_scan = wall_now;
+                // Lost events may hide an entry or an exit: check soon (a
+                // steady loss does not make the scans back to back).
+                next_scan = next_scan.min((scan_started + CONFIRM_INTERVAL).max(wall_now));
                 lost_at = Some(wall_now);
             }
             drops_seen = drops;
@@ -636,6 +649,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         if wall_now >= next_scan && !scan_in_flight {
             next_scan = wall_now + cli.reconcile_interval;
+            scan_started = wall_now;
             scan_in_flight = true;
             agent.tracker.begin_scan(mono_ns());
             spawn_scan(scan_tx.clone());
@@ -645,6 +659,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
     // Final drain and drop count, then detach before printing.
     agent.drain(rb.get_mut())?;
+    check_losses(&mut agent, &kernel, &mut losses_seen)?;
     agent.poll_stuck()?;
     // Let the lookups in flight finish while they make progress (thousands
     // of sockets flagged at once take a while on a slow machine), then

@@ -150,7 +150,8 @@ struct Resolver {
 impl Resolver {
     fn resolve(&mut self, batch: Vec<Request>) -> Vec<Response> {
         self.callers.forget();
-        self.stacks.clear();
+        // The last batch's stacks, and the map's room, go.
+        self.stacks = HashMap::new();
         // One sock_diag scan of the namespaces involved serves the inode
         // lookups and the evidence of the whole batch.
         let scan_started = closewait_host::clock::mono_ns();

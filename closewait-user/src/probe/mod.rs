@@ -455,7 +455,6 @@ impl Kernel {
         }
     }
 
-    /// Current totals of everything the kernel dropped.
     /// Events the ring buffer did not take (full, or a failed read of the
     /// tracepoint's arguments): [`Kernel::drops`] without the program
     /// statistics, cheap enough to check before every stuck poll.
@@ -465,6 +464,7 @@ impl Kernel {
         Ok(sum(counter::RINGBUF_FULL)? + sum(counter::READ_FAILED)?)
     }
 
+    /// Current totals of everything the kernel dropped.
     pub fn drops(&self) -> anyhow::Result<Drops> {
         let sum =
             |index: u32| -> anyhow::Result<u64> { Ok(self.counters.get(&index, 0)?.iter().sum()) };

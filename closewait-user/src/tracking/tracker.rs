@@ -194,8 +194,11 @@ struct Entry {
     confirmed_ns: u64,
     /// The entry time is exact (seen live), not estimated by a scan.
     exact_start: bool,
-    /// Missing from the last scans: (when the first of them finished, how many).
-    absent: Option<(u64, u8)>,
+    /// Missing from this many scans in a row.
+    absent: u8,
+    /// A scan confirmed it after the loss that held it (see
+    /// [`Tracker::note_loss`]): flagged when due, whatever was lost since.
+    vouched: bool,
     /// Shown to the user (existing or stuck): its close is shown too.
     reported: bool,
     stuck: bool,
@@ -236,8 +239,10 @@ pub struct Tracker {
     /// Events were lost at this time: an entry not confirmed since may have
     /// left CLOSE_WAIT unseen, so it is not flagged before a scan confirms it.
     lost_at_ns: u64,
-    /// Entries due to be flagged but waiting for that scan.
-    held: HashSet<u64>,
+    /// Entries due to be flagged but waiting for that scan, with the loss
+    /// that held them (a later loss does not hold them again, or a steady
+    /// loss would hold them for good).
+    held: HashMap<u64, u64>,
 }
 
 impl Tracker {
@@ -255,7 +260,7 @@ impl Tracker {
             dwell_us: Histogram::new(3).expect("3 significant figures is valid"),
             scan: None,
             lost_at_ns: 0,
-            held: HashSet::new(),
+            held: HashMap::new(),
         }
     }
 
@@ -354,7 +359,8 @@ impl Tracker {
                 seen_ns,
                 confirmed_ns: seen_ns,
                 exact_start,
-                absent: None,
+                absent: 0,
+                vouched: false,
                 reported: false,
                 stuck: false,
                 admission,
@@ -460,8 +466,9 @@ impl Tracker {
             {
                 continue; // flagged, pending (re-queued when admitted), or newer
             }
-            if entry.confirmed_ns < self.lost_at_ns {
-                self.held.insert(id); // its exit may be among the lost events
+            if !entry.vouched && entry.confirmed_ns < self.lost_at_ns {
+                // Its exit may be among the lost events.
+                self.held.insert(id, self.lost_at_ns);
                 continue;
             }
             entry.stuck = true;
@@ -498,7 +505,7 @@ impl Tracker {
     /// Whether a socket is missing from the last scan but not yet from
     /// [`ABSENT_SCANS`] of them: another scan soon settles it.
     pub fn has_absent(&self) -> bool {
-        self.table.values().any(|e| e.absent.is_some())
+        self.table.values().any(|e| e.absent > 0)
     }
 
     /// A sock_diag scan starts now. Call before the scan reads the kernel.
@@ -514,7 +521,7 @@ impl Tracker {
     ///
     /// - A socket the table holds from before the scan began, and
     ///   [`ABSENT_SCANS`] scans in a row did not list, left CLOSE_WAIT unseen:
-    ///   it is closed here, at the time of the first of them.
+    ///   it is closed here.
     /// - A socket the scan listed that the table lacks, and that did not
     ///   leave since the scan began, entered unseen: it is added with the
     ///   scan's lower-bound age. At start-up these are the `existing` sockets.
@@ -530,36 +537,42 @@ impl Tracker {
         for (id, entry) in &mut self.table {
             if listed.contains(id) {
                 entry.confirmed_ns = entry.confirmed_ns.max(window.started_ns);
-                entry.absent = None;
+                entry.absent = 0;
+                // Listed after all: an exit an earlier scan inferred was a skip.
+                if let Admission::Pending { exit } = &mut entry.admission {
+                    if exit.is_some_and(|(_, to)| to.is_none()) {
+                        *exit = None;
+                    }
+                }
             } else if entry.seen_ns < window.started_ns {
-                let (since, scans) = entry.absent.get_or_insert((now_ns, 0));
-                *scans += 1;
-                if *scans >= ABSENT_SCANS {
-                    gone.push((*id, *since));
+                entry.absent = entry.absent.saturating_add(1);
+                if entry.absent >= ABSENT_SCANS {
+                    gone.push(*id);
                 }
             }
         }
-        for (id, since) in gone {
+        // Dated now: the first scans that missed it may have skipped it.
+        for id in gone {
             let Some(entry) = self.table.get_mut(&id) else {
                 continue;
             };
             if let Admission::Pending { exit } = &mut entry.admission {
-                exit.get_or_insert((since, None));
+                exit.get_or_insert((now_ns, None));
                 continue;
             }
             let entry = self.table.remove(&id).expect("present");
-            out.extend(self.close(entry, since, None));
+            out.extend(self.close(entry, now_ns, None));
         }
-        for id in std::mem::take(&mut self.held) {
-            match self.table.get(&id) {
-                Some(e) if e.confirmed_ns >= self.lost_at_ns => {
-                    let deadline = e.enter_ns.saturating_add(self.threshold_ns);
-                    self.deadlines.push(Reverse((deadline, id)));
-                }
-                Some(_) => {
-                    self.held.insert(id);
-                }
-                None => {}
+        for (id, held_by) in std::mem::take(&mut self.held) {
+            let Some(e) = self.table.get_mut(&id) else {
+                continue;
+            };
+            if e.confirmed_ns >= held_by {
+                e.vouched = true;
+                let deadline = e.enter_ns.saturating_add(self.threshold_ns);
+                self.deadlines.push(Reverse((deadline, id)));
+            } else {
+                self.held.insert(id, held_by);
             }
         }
         for f in found {
@@ -813,8 +826,7 @@ mod tests {
         t.poll_stuck(7 * S); // socket 1 is stuck and reported
         t.begin_scan(10 * S);
         // The scans no longer list 1 (its exit was lost) and list 2 (its
-        // entry was lost). 1 is gone after the third scan without it, as of
-        // the first.
+        // entry was lost). 1 is gone after the third scan without it.
         t.finish_scan(vec![found(2, 2 * S)], 10 * S, false);
         assert!(t.has_absent());
         t.begin_scan(11 * S);
@@ -826,9 +838,9 @@ mod tests {
             reports,
             vec![Report::Close {
                 socket: sock(1),
-                dwell_ns: 9 * S,
+                dwell_ns: 11 * S,
                 to: None,
-                ts_ns: 10 * S,
+                ts_ns: 12 * S,
                 bound: Bound::AtMost,
             }],
             "a reconciled close of a socket seen entering: an upper bound"
@@ -850,19 +862,22 @@ mod tests {
         assert!(t.is_due(8 * S));
         assert_eq!(t.poll_stuck(8 * S), vec![], "held until a scan");
         t.begin_scan(9 * S);
-        t.finish_scan(vec![found(2, 7 * S)], 9 * S, false);
-        let flagged = t.poll_stuck(9 * S);
+        // A loss during the scan does not hold them again: a steady loss
+        // would hold them for good.
+        t.note_loss(9 * S + S / 2);
+        t.finish_scan(vec![found(2, 7 * S)], 10 * S, false);
+        let flagged = t.poll_stuck(10 * S);
         assert!(
             matches!(&flagged[..], [Report::Stuck { socket, .. }] if *socket == sock(2)),
             "{flagged:?}"
         );
         // 1 is gone after three scans without it, never flagged, so unreported.
-        for at in [10, 11] {
+        for at in [11, 12] {
             t.begin_scan(at * S);
             assert_eq!(t.finish_scan(vec![found(2, 8 * S)], at * S, false), vec![]);
         }
         assert_eq!(t.len(), 1);
-        assert_eq!(t.poll_stuck(12 * S), vec![]);
+        assert_eq!(t.poll_stuck(13 * S), vec![]);
         assert_eq!(t.totals().stuck, 1);
     }
 
@@ -890,10 +905,10 @@ mod tests {
                 socket: sock(1),
                 dwell_ns: 31 * S,
                 to: None,
-                ts_ns: 130 * S,
+                ts_ns: 132 * S,
                 bound: Bound::AtLeast,
             }],
-            "entered >=10 s before the first scan, last seen at 121 s, gone by 130 s"
+            "entered >=10 s before the first scan, last seen at 121 s, gone by 132 s"
         );
     }
 
