@@ -16,6 +16,7 @@
 //! tracers (`cargo xtask bench`, binary `closewait-bench`) is [`harness`].
 
 pub mod harness;
+pub mod scrape;
 pub mod soak;
 pub mod sys;
 

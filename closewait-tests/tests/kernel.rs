@@ -745,8 +745,6 @@ fn auto_stacks_record_connects_within_the_budget_and_count_the_rest() {
     );
 }
 
-/// A connect() leak by leaker `which` traced with `--without FEATURE`: the
-/// stuck event and the tracer's stderr.
 /// Owners that exit while their stuck sockets are being looked up (fds
 /// read, process described, stack symbolized): each socket is still
 /// reported, with its owner or with none, never a wrong one, and closed.
@@ -766,20 +764,26 @@ fn owners_exiting_during_the_lookup_leave_no_wrong_owner_and_no_open_socket() {
     ]);
     let mut leakers = Vec::new();
     let mut pids = std::collections::HashMap::new();
-    for _ in 0..N {
+    let mut killers = Vec::new();
+    for i in 0..N {
         let mut leaker =
             support::Leaker::spawn(&ns, None, "c", &["connect", "127.0.0.1", &port.to_string()]);
         let (server, peer) = listener.accept().unwrap();
         drop(server);
         let pid: u32 = leaker.expect("ready")["pid"].parse().unwrap();
         pids.insert(peer.port(), pid);
-        leakers.push((leaker, Instant::now()));
+        // Killed 50 to 340 ms after its socket entered CLOSE_WAIT: before,
+        // at and after the threshold and the lookup.
+        let delay = Duration::from_millis(50 + 10 * i as u64);
+        killers.push(std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            // SAFETY: plain kill(2); the leaker is not reaped before the join.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }));
+        leakers.push(leaker);
     }
-    // Kill them around the threshold and the lookup: 50 ms to 340 ms after.
-    for (i, (leaker, ready)) in leakers.iter().enumerate() {
-        let at = *ready + Duration::from_millis(50 + 10 * i as u64);
-        std::thread::sleep(at.saturating_duration_since(Instant::now()));
-        leaker.kill();
+    for killer in killers {
+        killer.join().unwrap();
     }
     // Reaped: the kernel has closed every socket, so every exit is in the
     // ring buffer before the tracer is stopped.
@@ -857,13 +861,10 @@ fn a_full_creation_record_map_is_counted_in_stacks_missed_and_said_once() {
     let mut pairs: Vec<_> = (0..LIVE).map(|_| ns.connected_pair(&listener)).collect();
     let (oldest, server) = pairs.remove(0);
     drop(server);
-    let stuck = tracer.expect("stuck", 5 * S, |v| {
+    tracer.expect("stuck", 5 * S, |v| {
         v["event"] == "stuck" && v["rport"] == port
     });
-    assert!(
-        stuck["creation"].is_null(),
-        "its record was evicted: {stuck}"
-    );
+    // (which records went is the kernel's LRU's choice: only the count is sure)
     let summary = tracer.interrupt();
     let missed = summary["stacks_missed"].as_u64().unwrap();
     assert!(missed >= (LIVE - 64) as u64, "{summary}");
@@ -871,6 +872,8 @@ fn a_full_creation_record_map_is_counted_in_stacks_missed_and_said_once() {
     drop((oldest, pairs));
 }
 
+/// A connect() leak by leaker `which` traced with `--without FEATURE`: the
+/// stuck event and the tracer's stderr.
 fn connect_leak_without(feature: &str, which: &str) -> (serde_json::Value, String) {
     let ns = NetNs::new("stk-without");
     let listener = ns.listen(localhost4());

@@ -13,7 +13,7 @@ use anyhow::{ensure, Context as _, Result};
 use closewait_host::command::find_program;
 use serde_json::Value;
 
-use crate::soak::world::{free_port, http_get, Metrics};
+use crate::scrape::{free_port, http_get, Metrics};
 
 use super::{
     launch::{find_tcpstates, Tracer, PARK_TIMEOUT, START_SUMMARY},

@@ -141,10 +141,13 @@ impl Ledger {
     /// reported once and not closed), `closed` sockets the kernel closed (each reported once
     /// and closed once), `netns` the namespaces the soak owns (any other report there is
     /// false).
+    /// `vanished` are sockets the kernel closed under their owner (a reset): reported or
+    /// not (they may have come and gone while events were lost), but closed once if reported.
     pub fn audit<'a>(
         &self,
         open: impl IntoIterator<Item = &'a u64>,
         closed: impl IntoIterator<Item = &'a u64>,
+        vanished: impl IntoIterator<Item = &'a u64>,
         netns: &BTreeSet<u64>,
     ) -> Audit {
         let mut audit = Audit::default();
@@ -171,6 +174,18 @@ impl Ledger {
                     audit.closed_not_closed += u64::from(said.closes == 0);
                     audit.closed_twice += u64::from(said.closes > 1);
                     audit.recovered_closes += u64::from(said.recovered_close);
+                }
+            }
+        }
+        for &inode in vanished {
+            known.insert(inode);
+            audit.vanished += 1;
+            match self.by_inode(inode) {
+                None => audit.vanished_unreported += 1,
+                Some(said) => {
+                    audit.closed_reported_twice += u64::from(said.duplicate);
+                    audit.closed_not_closed += u64::from(said.closes == 0);
+                    audit.closed_twice += u64::from(said.closes > 1);
                 }
             }
         }
@@ -208,6 +223,10 @@ pub struct Audit {
     pub closed_not_closed: u64,
     pub closed_twice: u64,
     pub recovered_closes: u64,
+    /// Sockets the kernel closed under their owner, and how many of them were never
+    /// reported (gone before the tracer could see them: not a problem).
+    pub vanished: u64,
+    pub vanished_unreported: u64,
     /// Sockets in the soak's namespaces reported though no leaker held them.
     pub false_reports: u64,
     pub close_before_report: u64,
@@ -294,7 +313,7 @@ mod tests {
             line("stuck", 3, 13, 7),
             line("stuck", 4, 14, 99),
         ]);
-        let audit = ledger.audit(&[11], &[12], &BTreeSet::from([7]));
+        let audit = ledger.audit(&[11], &[12], &[], &BTreeSet::from([7]));
         // Cookie 3 closed before its report: counted; cookie 4 is in another namespace.
         assert_eq!(audit.close_before_report, 1);
         assert_eq!(
@@ -304,7 +323,8 @@ mod tests {
         assert_eq!(ledger.lost, 5);
         assert_eq!(ledger.progress(&[11, 12, 14]), (3, 1));
         assert_eq!(ledger.with_creation(&[11, 12, 13, 99]), 3);
-        let clean = ledger.audit(&[11], &[12, 13], &BTreeSet::from([7]));
+        let clean = ledger.audit(&[11], &[12], &[13, 17], &BTreeSet::from([7]));
+        assert_eq!((clean.vanished, clean.vanished_unreported), (2, 1));
         assert_eq!(
             clean.problems(),
             vec!["1 sockets were reported closed before being reported"]
@@ -325,7 +345,7 @@ mod tests {
             r#"{"event":"stuck","ts":"x"}"#.to_owned(),
             "not json".to_owned(),
         ]);
-        let audit = ledger.audit(&[11, 12, 15], &[13, 14, 16], &BTreeSet::from([7]));
+        let audit = ledger.audit(&[11, 12, 15], &[13, 14, 16], &[], &BTreeSet::from([7]));
         let want = Audit {
             open: 3,
             open_unreported: 1,
@@ -337,6 +357,8 @@ mod tests {
             closed_not_closed: 1,
             closed_twice: 1,
             recovered_closes: 0,
+            vanished: 0,
+            vanished_unreported: 0,
             false_reports: 0,
             close_before_report: 0,
             unmatched: 1,
@@ -361,7 +383,7 @@ mod tests {
             line("stuck", 2, 2, 7),
             existing(3, true),
         ]);
-        let audit = ledger.audit(&[1, 2, 3], &[], &BTreeSet::from([7]));
+        let audit = ledger.audit(&[1, 2, 3], &[], &[], &BTreeSet::from([7]));
         assert_eq!(audit.open_reported_twice, 1, "{audit:?}");
         assert!(!ledger.by_inode(1).unwrap().duplicate);
         assert_eq!(

@@ -8,7 +8,7 @@
 
 mod ledger;
 mod report;
-pub(crate) mod world;
+mod world;
 
 use std::{
     collections::BTreeSet,
@@ -25,9 +25,10 @@ use crate::harness::{
     measure::{cpu_seconds, status_kib},
     process::{catch_interrupts, check_interrupted, pause},
 };
+use crate::scrape::free_port;
 pub use ledger::{Audit, Ledger};
 use report::{Figures, Sample};
-use world::{close_wait_everywhere, free_port, Leaker, Load, Tracer};
+use world::{close_wait_everywhere, Leaker, Load, Tracer};
 
 /// Prefix of the network namespaces the soak creates (`cwt-soak-<pid>-<n>`).
 const NETNS_PREFIX: &str = "cwt-soak-";
@@ -167,6 +168,7 @@ pub fn soak(args: &SoakArgs) -> Result<()> {
         log_seq: 0,
         leakers: Vec::new(),
         gone: BTreeSet::new(),
+        vanished: BTreeSet::new(),
         fresh: BTreeSet::new(),
         figures: Figures::default(),
     };
@@ -212,6 +214,8 @@ struct Run {
     leakers: Vec<Leaker>,
     /// Sockets the kernel closed (their owner was killed or let them go).
     gone: BTreeSet<u64>,
+    /// Sockets the kernel closed under their owner (a reset from the peer).
+    vanished: BTreeSet<u64>,
     /// Sockets of the leakers started while tracing (capture armed): each
     /// should have its creation stack.
     fresh: BTreeSet<u64>,
@@ -304,7 +308,12 @@ impl Run {
         let open = self.open_sockets();
         self.figures.metrics_end = Some(m);
         self.figures.truth_open_end = open.len() as u64;
-        self.figures.audit_end = Some(tracer.ledger().audit(&open, &self.gone, &self.netns_inodes));
+        self.figures.audit_end = Some(tracer.ledger().audit(
+            &open,
+            &self.gone,
+            &self.vanished,
+            &self.netns_inodes,
+        ));
         self.figures.fresh = self.fresh.len() as u64;
         self.figures.fresh_with_creation = tracer.ledger().with_creation(&self.fresh) as u64;
 
@@ -331,9 +340,13 @@ impl Run {
         ensure!(status.success(), "closewait-trace exited with {status}");
         let ledger = tracer.ledger();
         self.figures.summary = ledger.summary.clone();
-        self.figures.lost_lines = ledger.lost;
-        self.figures.audit_final =
-            Some(ledger.audit(&BTreeSet::new(), &self.gone, &self.netns_inodes));
+        self.figures.lost_in_stream = ledger.lost;
+        self.figures.audit_final = Some(ledger.audit(
+            &BTreeSet::new(),
+            &self.gone,
+            &self.vanished,
+            &self.netns_inodes,
+        ));
         Ok(())
     }
 
@@ -414,7 +427,7 @@ impl Run {
         Leaker::spawn(&self.churn, netns, port, self.per, log)
     }
 
-    /// Moves the sockets the kernel closed without their owner from the leakers to `gone`;
+    /// Moves the sockets the kernel closed without their owner from the leakers to `vanished`;
     /// whether there were any.
     fn refresh(&mut self) -> Result<bool> {
         let mut any = false;
@@ -422,7 +435,7 @@ impl Run {
             let left = leaker.refresh()?;
             any |= !left.is_empty();
             self.figures.closed_by_kernel += left.len() as u64;
-            self.gone.extend(left);
+            self.vanished.extend(left);
         }
         Ok(any)
     }
@@ -446,12 +459,21 @@ impl Run {
     ) -> Result<()> {
         let deadline = Instant::now() + CONVERGE;
         let mut next_note = Instant::now() + Duration::from_secs(10);
+        let mut next_refresh = Instant::now() + Duration::from_secs(5);
+        let mut reported = reported.clone();
         loop {
             tracer.check_running()?;
-            let (r, _) = tracer.ledger().progress(reported);
+            let (r, _) = tracer.ledger().progress(&reported);
             let (_, c) = tracer.ledger().progress(closed);
             if r == reported.len() && c == closed.len() {
                 return Ok(());
+            }
+            // A socket the kernel closed under its owner while events were
+            // lost may never be seen: it need not be reported.
+            if Instant::now() >= next_refresh {
+                next_refresh += Duration::from_secs(5);
+                self.refresh()?;
+                reported.retain(|s| !self.vanished.contains(s));
             }
             if Instant::now() >= next_note {
                 next_note += Duration::from_secs(10);

@@ -4,7 +4,8 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use super::{ledger::Audit, world::Metrics, SoakArgs, HWM_GROWTH, HWM_SLACK_KIB};
+use super::{ledger::Audit, SoakArgs, HWM_GROWTH, HWM_SLACK_KIB};
+use crate::scrape::Metrics;
 
 /// One point of the timeline.
 #[derive(Debug, Clone)]
@@ -38,7 +39,8 @@ pub struct Figures {
     pub stopped_s: Option<f64>,
     pub ring_converged_s: Option<f64>,
     pub lost_in_ring_full: Option<u64>,
-    pub lost_lines: u64,
+    /// The sum of the stream's `lost` lines' counts.
+    pub lost_in_stream: u64,
     pub truth_open_end: u64,
     /// Sockets of leakers started while tracing, and how many were reported with their
     /// creation record.
@@ -120,10 +122,10 @@ impl Figures {
             );
         }
         let lost = summary.get("lost").and_then(Value::as_u64);
-        if lost.is_none_or(|l| l < self.lost_lines) {
+        if lost.is_none_or(|l| l < self.lost_in_stream) {
             out.push(format!(
-                "the summary counts {lost:?} lost events; the stream's lost lines {}",
-                self.lost_lines
+                "the summary counts {lost:?} lost events; the stream's lost lines count {}",
+                self.lost_in_stream
             ));
         }
         if self.churn_errors.is_some_and(|e| e > 0.0) {
@@ -340,7 +342,7 @@ mod tests {
             audit_final: Some(Audit::default()),
             close_wait_after: Some(0),
             lost_in_ring_full: Some(7),
-            lost_lines: 7,
+            lost_in_stream: 7,
             summary: Some(serde_json::json!({"in_close_wait": 0, "lost": 9})),
             ..Figures::default()
         }
@@ -358,7 +360,7 @@ mod tests {
             (|f| f.hwm_end_kib = 90 * 1024, "memory grew"),
             (|f| f.close_wait_after = Some(3), "the table holds"),
             (|f| f.lost_in_ring_full = Some(0), "never filled"),
-            (|f| f.lost_lines = 10, "lost events"),
+            (|f| f.lost_in_stream = 10, "lost events"),
             (|f| f.fresh = 3, "without their creation stack"),
             (
                 |f| f.metrics_end.as_mut().unwrap().stuck_churn = 99.0,
