@@ -123,20 +123,7 @@ fn top_once_prints_the_table_and_top_without_a_terminal_refuses() {
     );
     drop(listener.accept().unwrap());
     let pid = leaker.expect("ready")["pid"].clone();
-    // Found at start, stuck at once (threshold 0), shown after one interval.
-    let out = support::run_to_end(
-        &[
-            "top",
-            "--once",
-            "-d",
-            "1",
-            "--threshold",
-            "0s",
-            "--port",
-            &port,
-        ],
-        false,
-    );
+    let out = top_once(&port);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     assert!(text.starts_with("closewait-trace top"), "{text}");
@@ -149,6 +136,22 @@ fn top_once_prints_the_table_and_top_without_a_terminal_refuses() {
         !text.contains('\u{1b}'),
         "plain text, no escape sequences: {text:?}"
     );
+}
+
+/// `top --once` on `port`: sockets found at start are stuck at once
+/// (threshold 0) and shown after one interval.
+fn top_once(port: &str) -> std::process::Output {
+    let args = [
+        "top",
+        "--once",
+        "-d",
+        "1",
+        "--threshold",
+        "0s",
+        "--port",
+        port,
+    ];
+    support::run_to_end(&args, false)
 }
 
 // ---- metrics and pods ----
@@ -424,19 +427,7 @@ fn hostile_process_names_are_escaped_in_every_output() {
             None => panic!("no series for the process:\n{scrape}"),
         }
     };
-    let out = support::run_to_end(
-        &[
-            "top",
-            "--once",
-            "-d",
-            "1",
-            "--threshold",
-            "0s",
-            "--port",
-            &port.to_string(),
-        ],
-        false,
-    );
+    let out = top_once(&port.to_string());
     let top = String::from_utf8(out.stdout).expect("top --once prints UTF-8");
     let row = top
         .lines()

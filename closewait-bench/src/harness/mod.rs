@@ -55,8 +55,8 @@ pub fn bench(args: &BenchArgs, invocation: &Invocation) -> Result<()> {
     mount_tracefs();
     let exe = env::current_exe().context("cannot find this executable")?;
     let bin_dir = exe.parent().context("this executable has no directory")?;
-    let trace = built(bin_dir, "closewait-trace")?;
-    let churn = built(bin_dir, "churn")?;
+    let trace = built(bin_dir, "closewait-trace", "bench")?;
+    let churn = built(bin_dir, "churn", "bench")?;
     let target_dir = bin_dir.parent().unwrap_or(bin_dir);
     let out_dir = target_dir.join("bench");
     let logs = out_dir.join("logs");
@@ -84,13 +84,13 @@ pub fn bench(args: &BenchArgs, invocation: &Invocation) -> Result<()> {
     Ok(())
 }
 
-/// `name`, built next to this binary (`cargo xtask bench` builds them together).
-fn built(bin_dir: &Path, name: &str) -> Result<PathBuf> {
+/// `name`, built next to this binary (`cargo xtask TASK` builds them together).
+pub(crate) fn built(bin_dir: &Path, name: &str, task: &str) -> Result<PathBuf> {
     let path = bin_dir.join(name);
     ensure!(
         path.is_file(),
         "{} not found: build it with `cargo build --release -p closewait-user -p \
-         closewait-bench`, or run `cargo xtask bench`",
+         closewait-bench`, or run `cargo xtask {task}`",
         path.display()
     );
     Ok(path)

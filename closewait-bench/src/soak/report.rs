@@ -27,6 +27,9 @@ pub struct Figures {
     pub all_reported_s: f64,
     /// Spawn to every socket found flagged stuck (the end of start-up).
     pub all_stuck_s: f64,
+    /// VmHWM once every socket found is stuck, and at the end of start-up (the first
+    /// periodic scans under churn).
+    pub hwm_stuck_kib: u64,
     pub hwm_start_kib: u64,
     pub rss_start_kib: u64,
     pub hwm_end_kib: u64,
@@ -217,9 +220,10 @@ pub fn render(args: &SoakArgs, f: &Figures, error: Option<&anyhow::Error>) -> St
             opt(f.cpu_percent.map(|c| format!("{c:.1}")), "%"),
         ),
         (
-            "VmHWM after start-up / at the end",
+            "VmHWM when every socket found is stuck / after start-up (15 s of churn) / at the end",
             format!(
-                "{} / {} (budget {})",
+                "{} / {} / {} (budget {})",
+                mib(f.hwm_stuck_kib),
                 mib(f.hwm_start_kib),
                 mib(f.hwm_end_kib),
                 mib(f.hwm_budget_kib())
