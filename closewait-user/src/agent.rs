@@ -227,7 +227,7 @@ impl Agent {
             let selected = self
                 .filter
                 .owner
-                .matches(ctx.owners.iter().map(|o| (o.pid, o.comm.as_str())));
+                .matches(ctx.owners.iter().map(|o| (o.pid, &*o.comm)));
             let now = mono_ns();
             let reports = self.tracker.admit(id, selected, now);
             let shown = !reports.is_empty() || self.all;

@@ -65,8 +65,8 @@ pub struct Reported {
     pub bound: Bound,
     pub stuck: bool,
     pub ctx: Option<Arc<Context>>,
-    /// Its group, once stuck.
-    group: Option<GroupKey>,
+    /// Its group, once stuck: the group's own key, shared.
+    group: Option<Arc<GroupKey>>,
     quiet: bool,
 }
 
@@ -86,7 +86,7 @@ pub struct StuckView<'a> {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GroupKey {
     pub pid: Option<u32>,
-    pub comm: Option<String>,
+    pub comm: Option<Arc<str>>,
     /// Innermost application frame of the creation stack (raw text).
     pub site: Option<String>,
     pub endpoint: String,
@@ -178,8 +178,9 @@ pub struct Model {
     drops: Drops,
     /// What the kernel records of creation stacks now (for the live view).
     stacks: StacksNow,
-    reported: HashMap<u64, Reported>,
-    groups: HashMap<GroupKey, GroupState>,
+    /// Boxed, as the tracker's table is: doubling the table stays cheap.
+    reported: HashMap<u64, Box<Reported>>,
+    groups: HashMap<Arc<GroupKey>, GroupState>,
 }
 
 impl Model {
@@ -202,7 +203,7 @@ impl Model {
                     group: None,
                     quiet: false,
                 };
-                self.reported.insert(e.id, reported);
+                self.reported.insert(e.id, Box::new(reported));
                 if *stuck {
                     return self.join(e);
                 }
@@ -213,14 +214,16 @@ impl Model {
                 dwell_ns,
                 bound,
             } => {
-                let entry = self.reported.entry(e.id).or_insert_with(|| Reported {
-                    socket: socket.clone(),
-                    enter_ns: e.at_ns.saturating_sub(*dwell_ns),
-                    bound: *bound,
-                    stuck: false,
-                    ctx: None,
-                    group: None,
-                    quiet: false,
+                let entry = self.reported.entry(e.id).or_insert_with(|| {
+                    Box::new(Reported {
+                        socket: socket.clone(),
+                        enter_ns: e.at_ns.saturating_sub(*dwell_ns),
+                        bound: *bound,
+                        stuck: false,
+                        ctx: None,
+                        group: None,
+                        quiet: false,
+                    })
                 });
                 if e.ctx.is_some() {
                     entry.ctx = e.ctx.clone();
@@ -250,9 +253,9 @@ impl Model {
         let key = GroupKey::of(&r.socket, r.ctx.as_deref());
         let key = self.settle(key);
         let r = self.reported.get_mut(&e.id)?;
-        r.group = Some(key.clone());
+        r.group = Some(Arc::clone(&key));
         let cause = cause_of(r.ctx.as_deref());
-        let g = self.groups.entry(key.clone()).or_default();
+        let g = self.groups.entry(Arc::clone(&key)).or_default();
         g.members.insert(e.id);
         if let Some(c) = cause {
             *g.causes.entry(c).or_default() += 1;
@@ -287,9 +290,9 @@ impl Model {
     /// one: those without join the largest group of the same owner and
     /// peer that has a site, and the first with a site names the group of
     /// those without (which is announced again with its site).
-    fn settle(&mut self, key: GroupKey) -> GroupKey {
-        if self.groups.contains_key(&key) {
-            return key;
+    fn settle(&mut self, key: GroupKey) -> Arc<GroupKey> {
+        if let Some((known, _)) = self.groups.get_key_value(&key) {
+            return Arc::clone(known);
         }
         let same_but_site = |k: &GroupKey| {
             k.pid == key.pid
@@ -303,21 +306,22 @@ impl Model {
                 .iter()
                 .filter(|(k, _)| k.site.is_some() && same_but_site(k))
                 .max_by(|a, b| a.1.members.len().cmp(&b.1.members.len()).then(b.0.cmp(a.0)))
-                .map(|(k, _)| k.clone());
-            return largest.unwrap_or(key);
+                .map(|(k, _)| Arc::clone(k));
+            return largest.unwrap_or_else(|| Arc::new(key));
         }
         let siteless = GroupKey {
             site: None,
             ..key.clone()
         };
+        let key = Arc::new(key);
         if let Some(mut state) = self.groups.remove(&siteless) {
             for id in &state.members {
                 if let Some(r) = self.reported.get_mut(id) {
-                    r.group = Some(key.clone());
+                    r.group = Some(Arc::clone(&key));
                 }
             }
             state.renamed = true;
-            self.groups.insert(key.clone(), state);
+            self.groups.insert(Arc::clone(&key), state);
         }
         key
     }
@@ -346,7 +350,7 @@ impl Model {
         let members: Vec<&Reported> = state
             .members
             .iter()
-            .filter_map(|id| self.reported.get(id))
+            .filter_map(|id| self.reported.get(id).map(|r| &**r))
             .collect();
         let cause = state.cause();
         let sample = members
@@ -512,10 +516,10 @@ pub(crate) mod tests {
         let owner = |pid, fd| Owner {
             pid,
             fd,
-            comm: comm.to_string(),
-            cmdline: format!("/usr/bin/{comm} --serve"),
+            comm: comm.into(),
+            cmdline: format!("/usr/bin/{comm} --serve").into(),
             uid: Some(1000),
-            cgroup: Some("/system.slice/api.service".to_string()),
+            cgroup: Some("/system.slice/api.service".into()),
             container_id: None,
             pod: None,
             pod_namespace: None,

@@ -3,6 +3,7 @@
 //! and serde writes them.
 
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 use crate::{
     enrich::{diagnosis::Diagnosis, evidence::Evidence, owner::Owner, stacks::Frame, Context},
@@ -60,15 +61,15 @@ pub struct Dwell {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ContextFields {
     pub pid: Option<u32>,
-    pub comm: Option<String>,
+    pub comm: Option<Arc<str>>,
     pub fd: Option<u32>,
-    pub cmdline: Option<String>,
+    pub cmdline: Option<Arc<str>>,
     pub uid: Option<u32>,
-    pub cgroup: Option<String>,
-    pub container_id: Option<String>,
-    pub pod: Option<String>,
-    pub pod_namespace: Option<String>,
-    pub pod_uid: Option<String>,
+    pub cgroup: Option<Arc<str>>,
+    pub container_id: Option<Arc<str>>,
+    pub pod: Option<Arc<str>>,
+    pub pod_namespace: Option<Arc<str>>,
+    pub pod_uid: Option<Arc<str>>,
     pub owners: Vec<Owner>,
     pub creation: Option<Creation>,
     pub stack: Option<Vec<Frame>>,
@@ -209,7 +210,7 @@ impl Group {
             oldest_dwell_ms: super::format::ms(g.oldest_dwell_ns),
             median_idle_before_fin_ms: g.median_idle_before_fin_ms,
             pid: g.key.pid,
-            comm: g.key.comm.clone(),
+            comm: g.key.comm.as_deref().map(str::to_string),
             created_at: g.key.site.clone(),
             endpoint: g.key.endpoint.clone(),
             cause: g.cause.map(|c| c.name().to_string()),

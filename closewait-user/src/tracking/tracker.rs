@@ -225,7 +225,11 @@ pub struct Tracker {
     all: bool,
     /// New sockets wait for [`Tracker::admit`] (an owner filter is set).
     gated: bool,
-    table: HashMap<u64, Entry>,
+    /// Boxed: a hash table grows by doubling its slots, and under churn it
+    /// grows even at a steady size (deleted slots are reclaimed by a
+    /// rehash); with the entry in the slot each doubling would cost its
+    /// full size per slot, with a box 8 bytes.
+    table: HashMap<u64, Box<Entry>>,
     /// Sockets the owner filter turned down, still in CLOSE_WAIT.
     rejected: HashSet<u64>,
     /// Pending sockets not yet handed out by [`Tracker::take_unresolved`].
@@ -298,7 +302,7 @@ impl Tracker {
                     *exit = Some((ev.ts_ns, Some(to)));
                     return Vec::new();
                 }
-                let entry = self.table.remove(&id).expect("present");
+                let entry = *self.table.remove(&id).expect("present");
                 self.close(entry, ev.ts_ns, Some(to)).into_iter().collect()
             }
         }
@@ -327,7 +331,7 @@ impl Tracker {
         }
         let mut out = self.admitted(id, now_ns);
         if let Some((ts_ns, to)) = exit {
-            let entry = self.table.remove(&id).expect("present");
+            let entry = *self.table.remove(&id).expect("present");
             out.extend(self.close(entry, ts_ns, to));
         }
         out
@@ -352,7 +356,7 @@ impl Tracker {
         };
         self.table.insert(
             id,
-            Entry {
+            Box::new(Entry {
                 socket,
                 origin,
                 enter_ns,
@@ -364,7 +368,7 @@ impl Tracker {
                 reported: false,
                 stuck: false,
                 admission,
-            },
+            }),
         );
         match admission {
             Admission::Admitted => self.admitted(id, now_ns),
@@ -560,7 +564,7 @@ impl Tracker {
                 exit.get_or_insert((now_ns, None));
                 continue;
             }
-            let entry = self.table.remove(&id).expect("present");
+            let entry = *self.table.remove(&id).expect("present");
             out.extend(self.close(entry, now_ns, None));
         }
         for (id, held_by) in std::mem::take(&mut self.held) {
