@@ -216,11 +216,7 @@ impl Agent {
         let id = response.id;
         self.requested.remove(&id);
         let ctx = response.context;
-        if ctx
-            .diagnosis
-            .as_ref()
-            .is_some_and(|d| d.cause == Cause::EofNotClosed)
-        {
+        if ctx.cause == Some(Cause::EofNotClosed) {
             self.eof_trouble = true;
         }
         if self.filter.owner.is_set() {

@@ -355,8 +355,9 @@ impl Model {
         let cause = state.cause();
         let sample = members
             .iter()
-            .filter_map(|r| r.ctx.as_deref()?.diagnosis.as_ref())
-            .find(|d| Some(d.cause) == cause);
+            .filter_map(|r| r.ctx.as_deref())
+            .find(|c| c.cause.is_some() && c.cause == cause)
+            .and_then(Context::diagnosis);
         let mut idle: Vec<u64> = members
             .iter()
             .filter_map(|r| r.ctx.as_deref()?.evidence.as_ref()?.idle_before_fin_ms)
@@ -377,9 +378,9 @@ impl Model {
                 .unwrap_or(0),
             median_idle_before_fin_ms: idle.get(idle.len() / 2).copied(),
             cause,
-            summary: sample.map(|d| d.summary.clone()),
-            hint: sample.map(|d| d.hint.clone()),
-            findings: sample.map(|d| d.findings.clone()).unwrap_or_default(),
+            summary: sample.as_ref().map(|d| d.summary.clone()),
+            hint: sample.as_ref().map(|d| d.hint.clone()),
+            findings: sample.map(|d| d.findings).unwrap_or_default(),
             new_cause: false,
         }
     }
@@ -479,7 +480,7 @@ fn view(id: u64, r: &Reported, now_ns: u64) -> StuckView<'_> {
 }
 
 fn cause_of(ctx: Option<&Context>) -> Option<Cause> {
-    ctx.and_then(|c| c.diagnosis.as_ref()).map(|d| d.cause)
+    ctx.and_then(|c| c.cause)
 }
 
 #[cfg(test)]
@@ -547,7 +548,7 @@ pub(crate) mod tests {
             }),
             inode: None,
             evidence: None,
-            diagnosis: None,
+            cause: None,
             last_read: None,
             report: true,
         }
@@ -577,7 +578,7 @@ pub(crate) mod tests {
             ..Evidence::default()
         };
         Context {
-            diagnosis: Some(diagnose(&evidence)),
+            cause: Some(diagnose(&evidence).cause),
             evidence: Some(evidence),
             ..context(comm)
         }

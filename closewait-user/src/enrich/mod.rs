@@ -23,7 +23,7 @@ use closewait_common::{accept_key, Creation, CreationKind};
 use tokio::sync::mpsc;
 
 use self::{
-    diagnosis::Diagnosis,
+    diagnosis::{Cause, Diagnosis},
     evidence::Evidence,
     owner::Owner,
     stacks::{Stack, Symbolizer},
@@ -42,7 +42,10 @@ pub struct Context {
     pub inode: Option<u64>,
     /// Why it is stuck: gathered for reported sockets (existing, stuck).
     pub evidence: Option<Evidence>,
-    pub diagnosis: Option<Diagnosis>,
+    /// What the evidence diagnoses. Only the cause is kept; the text is
+    /// made when shown ([`Context::diagnosis`]), not kept for each of
+    /// 100,000 stuck sockets.
+    pub cause: Option<Cause>,
     /// The user stack of the first read that returned EOF while the socket
     /// was in CLOSE_WAIT: the code that should have closed it.
     pub last_read: Option<Arc<Stack>>,
@@ -54,6 +57,11 @@ pub struct Context {
 impl Context {
     pub fn primary(&self) -> Option<&Owner> {
         self.owners.first()
+    }
+
+    /// Why it is stuck, in words: the diagnosis of its evidence.
+    pub fn diagnosis(&self) -> Option<Diagnosis> {
+        self.evidence.as_ref().map(diagnosis::diagnose)
     }
 }
 
@@ -227,7 +235,7 @@ impl Resolver {
                         },
                     )
                 });
-                let diagnosis = evidence.as_ref().map(diagnosis::diagnose);
+                let cause = evidence.as_ref().map(|e| diagnosis::diagnose(e).cause);
                 Response {
                     id: req.id,
                     context: Arc::new(Context {
@@ -235,7 +243,7 @@ impl Resolver {
                         creation,
                         inode,
                         evidence,
-                        diagnosis,
+                        cause,
                         last_read,
                         report: req.report,
                     }),

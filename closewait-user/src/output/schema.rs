@@ -282,7 +282,7 @@ impl ContextFields {
             stack: stack.map(|s| s.frames.clone()),
             stack_truncated: stack.map(|s| s.truncated),
             evidence: ctx.evidence.clone(),
-            diagnosis: ctx.diagnosis.clone(),
+            diagnosis: ctx.diagnosis(),
             last_read: ctx.last_read.as_ref().map(|s| s.frames.clone()),
         }
     }
