@@ -52,6 +52,60 @@ const STATS_INTERVAL: Duration = Duration::from_secs(1);
 const CONFIRM_INTERVAL: Duration = Duration::from_secs(1);
 const LOSS_MEMORY: Duration = Duration::from_secs(60);
 
+/// When the next reconciliation scan runs: every `interval`, and sooner
+/// after lost events (at most one a [`CONFIRM_INTERVAL`], so a steady loss
+/// does not make the scans back to back).
+struct Schedule {
+    interval: Duration,
+    next: Instant,
+    /// When the last scan started.
+    started: Instant,
+    /// When events were last lost.
+    lost_at: Option<Instant>,
+}
+
+impl Schedule {
+    fn new(interval: Duration) -> Schedule {
+        let now = Instant::now();
+        Schedule {
+            interval,
+            next: now + interval,
+            started: now,
+            lost_at: None,
+        }
+    }
+
+    /// Events were lost: they may hide an entry or an exit, so scan soon.
+    fn lost(&mut self, now: Instant) {
+        self.lost_at = Some(now);
+        self.next = self.next.min((self.started + CONFIRM_INTERVAL).max(now));
+    }
+
+    /// A scan ended. One that missed a socket the table holds is followed
+    /// soon by the next one when events were lost lately.
+    fn scanned(&mut self, missed: bool, now: Instant) {
+        let lost_lately = self
+            .lost_at
+            .is_some_and(|t| now.saturating_duration_since(t) < LOSS_MEMORY);
+        if lost_lately && missed {
+            self.next = self.next.min(now + CONFIRM_INTERVAL);
+        }
+    }
+
+    /// Whether a scan is due at `now`; if so, it counts as started.
+    fn start(&mut self, now: Instant) -> bool {
+        if now < self.next {
+            return false;
+        }
+        self.next = now + self.interval;
+        self.started = now;
+        true
+    }
+}
+
+/// What the report queue and its indexes keep of their room once empty.
+const QUEUE_KEPT: usize = 1024;
+
 /// A report waiting, in order, for the context of its socket.
 struct Pending {
     report: Report,
@@ -299,6 +353,13 @@ impl Agent {
                 // Gone from CLOSE_WAIT, or now kept by the model.
                 self.contexts.remove(&id);
             }
+        }
+        if self.queue.is_empty() && self.queue.capacity() > QUEUE_KEPT {
+            // A burst (100,000 sockets found at start) leaves the queue and
+            // its indexes empty but as big as at their peak: give it back.
+            self.queue.shrink_to(QUEUE_KEPT);
+            self.waiting.shrink_to(QUEUE_KEPT);
+            self.contexts.shrink_to(QUEUE_KEPT);
         }
         Ok(())
     }
@@ -567,12 +628,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (scan_tx, mut scan_rx) = mpsc::channel(1);
     let mut scan_in_flight = false;
-    let mut next_scan = Instant::now() + cli.reconcile_interval;
+    let mut schedule = Schedule::new(cli.reconcile_interval);
     let mut next_stats = Instant::now() + STATS_INTERVAL;
+    // Two readers of the same loss counters: the tracker, before it flags a
+    // socket, and the outputs' `lost` lines, once a second.
     let mut drops_seen = Drops::default();
     let mut losses_seen = 0;
-    let mut lost_at: Option<Instant> = None;
-    let mut scan_started = Instant::now();
 
     loop {
         let mut scan_done = None;
@@ -596,10 +657,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(scan) => {
                     agent.reconcile(&scan, false)?;
                     // A socket missing from this scan is settled by the next ones.
-                    let lost_lately = lost_at.is_some_and(|t| t.elapsed() < LOSS_MEMORY);
-                    if lost_lately && agent.tracker.has_absent() {
-                        next_scan = next_scan.min(Instant::now() + CONFIRM_INTERVAL);
-                    }
+                    schedule.scanned(agent.tracker.has_absent(), Instant::now());
                 }
                 Err(err) => {
                     eprintln!("closewait-trace: warning: reconciliation scan failed: {err}")
@@ -608,8 +666,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         // Flag nothing whose exit may be among events lost since the last look.
         if check_losses(&mut agent, &kernel, &mut losses_seen)? {
-            lost_at = Some(Instant::now());
-            next_scan = next_scan.min((scan_started + CONFIRM_INTERVAL).max(Instant::now()));
+            schedule.lost(Instant::now());
         }
         agent.poll_stuck()?;
         if stacks_mode == StacksMode::Auto && agent.trouble && !stacks_armed {
@@ -632,10 +689,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             say_evictions(&drops_seen, &drops, cli.creation_records);
             if drops.events_lost() != drops_seen.events_lost() {
                 agent.out.lost(&drops.since(&drops_seen), mono_ns())?;
-                // Lost events may hide an entry or an exit: check soon (a
-                // steady loss does not make the scans back to back).
-                next_scan = next_scan.min((scan_started + CONFIRM_INTERVAL).max(wall_now));
-                lost_at = Some(wall_now);
+                schedule.lost(wall_now);
             }
             drops_seen = drops;
             agent.refresh_model(drops);
@@ -643,9 +697,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         if agent.out.tick(&agent.model, mono_ns())? {
             break;
         }
-        if wall_now >= next_scan && !scan_in_flight {
-            next_scan = wall_now + cli.reconcile_interval;
-            scan_started = wall_now;
+        if !scan_in_flight && schedule.start(wall_now) {
             scan_in_flight = true;
             agent.tracker.begin_scan(mono_ns());
             spawn_scan(scan_tx.clone());
@@ -703,4 +755,61 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     agent.out.summary(&agent.model, started.elapsed(), now)?;
     agent.out.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INTERVAL: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn scans_come_every_interval_without_losses() {
+        let mut s = Schedule::new(INTERVAL);
+        let t0 = s.started;
+        assert!(!s.start(t0 + INTERVAL / 2));
+        assert!(s.start(t0 + INTERVAL));
+        assert!(!s.start(t0 + INTERVAL + Duration::from_secs(1)));
+        // A scan that missed a socket is not followed sooner: nothing was lost.
+        s.scanned(true, t0 + INTERVAL + Duration::from_millis(200));
+        assert!(!s.start(t0 + INTERVAL + Duration::from_secs(2)));
+        assert!(s.start(t0 + 2 * INTERVAL));
+    }
+
+    #[test]
+    fn a_loss_brings_the_scan_forward_but_not_back_to_back() {
+        let mut s = Schedule::new(INTERVAL);
+        let t0 = s.started;
+        assert!(s.start(t0 + INTERVAL));
+        let started = t0 + INTERVAL;
+        // Lost right after a scan started: the next waits a CONFIRM_INTERVAL.
+        s.lost(started + Duration::from_millis(100));
+        assert!(!s.start(started + Duration::from_millis(500)));
+        assert!(s.start(started + CONFIRM_INTERVAL));
+        // Lost long after the last scan: scan at once.
+        let later = started + CONFIRM_INTERVAL + Duration::from_secs(5);
+        s.lost(later);
+        assert!(s.start(later));
+    }
+
+    #[test]
+    fn a_scan_that_missed_a_socket_after_a_loss_is_confirmed_soon() {
+        let mut s = Schedule::new(INTERVAL);
+        let t0 = s.started;
+        s.lost(t0);
+        assert!(s.start(t0 + CONFIRM_INTERVAL));
+        let done = t0 + CONFIRM_INTERVAL + Duration::from_millis(300);
+        s.scanned(false, done);
+        assert!(
+            !s.start(done + CONFIRM_INTERVAL),
+            "nothing missed: no hurry"
+        );
+        s.scanned(true, done);
+        assert!(s.start(done + CONFIRM_INTERVAL));
+        // A loss forgotten after LOSS_MEMORY brings nothing forward.
+        let much_later = t0 + LOSS_MEMORY + INTERVAL;
+        assert!(s.start(much_later));
+        s.scanned(true, much_later + Duration::from_millis(300));
+        assert!(!s.start(much_later + Duration::from_secs(2)));
+    }
 }

@@ -459,15 +459,12 @@ impl Kernel {
     /// tracepoint's arguments): [`Kernel::drops`] without the program
     /// statistics, cheap enough to check before every stuck poll.
     pub fn ring_losses(&self) -> anyhow::Result<u64> {
-        let sum =
-            |index: u32| -> anyhow::Result<u64> { Ok(self.counters.get(&index, 0)?.iter().sum()) };
-        Ok(sum(counter::RINGBUF_FULL)? + sum(counter::READ_FAILED)?)
+        Ok(self.counter(counter::RINGBUF_FULL)? + self.counter(counter::READ_FAILED)?)
     }
 
     /// Current totals of everything the kernel dropped.
     pub fn drops(&self) -> anyhow::Result<Drops> {
-        let sum =
-            |index: u32| -> anyhow::Result<u64> { Ok(self.counters.get(&index, 0)?.iter().sum()) };
+        let sum = |index: u32| self.counter(index);
         Ok(Drops {
             ringbuf_full: sum(counter::RINGBUF_FULL)?,
             read_failed: sum(counter::READ_FAILED)?,
@@ -480,6 +477,11 @@ impl Kernel {
             },
             recursion_misses: self.recursion_misses(),
         })
+    }
+
+    /// One of the kernel's counters, summed over CPUs.
+    fn counter(&self, index: u32) -> anyhow::Result<u64> {
+        Ok(self.counters.get(&index, 0)?.iter().sum())
     }
 }
 
