@@ -378,7 +378,7 @@ fn check_losses(agent: &mut Agent, kernel: &Kernel, seen: &mut u64) -> anyhow::R
     if !agent.tracker.is_due(mono_ns()) {
         return Ok(false);
     }
-    let losses = kernel.ring_losses()?;
+    let losses = kernel.events_lost()?;
     if losses == *seen {
         return Ok(false);
     }

@@ -455,11 +455,14 @@ impl Kernel {
         }
     }
 
-    /// Events the ring buffer did not take (full, or a failed read of the
-    /// tracepoint's arguments): [`Kernel::drops`] without the program
-    /// statistics, cheap enough to check before every stuck poll.
-    pub fn ring_losses(&self) -> anyhow::Result<u64> {
-        Ok(self.counter(counter::RINGBUF_FULL)? + self.counter(counter::READ_FAILED)?)
+    /// Events lost, every reason together (the ring buffer full, a failed
+    /// read of the tracepoint's arguments, a run the kernel skipped): the
+    /// part of [`Kernel::drops`] the tracker must hear of before it flags a
+    /// socket, whose exit may be among them.
+    pub fn events_lost(&self) -> anyhow::Result<u64> {
+        Ok(self.counter(counter::RINGBUF_FULL)?
+            + self.counter(counter::READ_FAILED)?
+            + self.recursion_misses())
     }
 
     /// Current totals of everything the kernel dropped.
