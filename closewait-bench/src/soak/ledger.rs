@@ -20,6 +20,9 @@ struct Line {
     lport: Option<u16>,
     rport: Option<u16>,
     creation: Option<Value>,
+    /// A number on socket lines, percentiles on `summary`.
+    dwell_ms: Option<Value>,
+    dwell_bound: Option<String>,
 }
 
 /// What was said about one socket (by cookie).
@@ -44,6 +47,10 @@ pub struct Said {
     pub recovered_close: bool,
     /// A close line before any report.
     pub closed_unreported: bool,
+    /// The last report's and close's dwell (ms) and bound, to tell a false
+    /// report from a socket that truly sat in CLOSE_WAIT.
+    pub reported_dwell: Option<(f64, String)>,
+    pub closed_dwell: Option<(f64, String)>,
 }
 
 /// Every line of closewait-trace's JSON stream, folded.
@@ -96,18 +103,23 @@ impl Ledger {
         said.lport = said.lport.or(line.lport);
         said.rport = said.rport.or(line.rport);
         said.created |= line.event != "close" && line.creation.is_some();
+        let dwell_ms = line.dwell_ms.as_ref().and_then(Value::as_f64);
+        let dwell = dwell_ms.zip(line.dwell_bound.clone());
         match line.event.as_str() {
             "close" => {
                 said.closes += 1;
+                said.closed_dwell = dwell;
                 said.recovered_close |= line.new_state.is_none();
                 said.closed_unreported |= said.reports == 0;
             }
             "existing" => {
+                said.reported_dwell = dwell;
                 said.duplicate |= said.reports > 0;
                 said.existing_stuck = line.stuck == Some(Value::Bool(true));
                 said.reports += 1;
             }
             _ => {
+                said.reported_dwell = dwell;
                 said.duplicate |= said.existing_stuck || said.stuck_seen;
                 said.stuck_seen = true;
                 said.reports += 1;
@@ -197,15 +209,35 @@ impl Ledger {
                 if audit.examples.len() < 5 {
                     audit.examples.push(format!(
                         "not a leaker's: cookie {cookie}, inode {:?}, ports {:?} -> {:?}, {} \
-                         reports, {} closes",
-                        said.inode, said.lport, said.rport, said.reports, said.closes
+                         reports ({}), {} closes ({}{})",
+                        said.inode,
+                        said.lport,
+                        said.rport,
+                        said.reports,
+                        dwell_text(&said.reported_dwell),
+                        said.closes,
+                        dwell_text(&said.closed_dwell),
+                        if said.recovered_close {
+                            ", exit found by a scan"
+                        } else {
+                            ""
+                        }
                     ));
                 }
             }
             audit.close_before_report += u64::from(said.closed_unreported);
         }
         audit.unmatched = self.unmatched;
+        audit.garbled = self.garbled;
         audit
+    }
+}
+
+/// "dwell 5012.3 ms exact", for an example.
+fn dwell_text(dwell: &Option<(f64, String)>) -> String {
+    match dwell {
+        Some((ms, bound)) => format!("dwell {ms:.1} ms {bound}"),
+        None => "no dwell".into(),
     }
 }
 
@@ -231,6 +263,8 @@ pub struct Audit {
     pub false_reports: u64,
     pub close_before_report: u64,
     pub unmatched: u64,
+    /// Lines that did not parse (the stream's schema and the soak's disagree).
+    pub garbled: u64,
     /// A few of the false reports, to start debugging from.
     pub examples: Vec<String>,
 }
@@ -278,6 +312,7 @@ impl Audit {
             "sockets were reported closed before being reported",
         );
         say(self.unmatched, "socket lines had no cookie");
+        say(self.garbled, "lines of the stream did not parse");
         out.extend(self.examples.iter().cloned());
         out
     }
@@ -332,6 +367,23 @@ mod tests {
     }
 
     #[test]
+    fn a_false_report_says_how_its_dwell_was_known() {
+        let ledger = ledger(&[
+            r#"{"event":"stuck","ts":"x","cookie":5,"inode":15,"netns":7,"lport":40000,"rport":8080,"dwell_ms":5000.5,"dwell_bound":"exact"}"#.to_owned(),
+            r#"{"event":"close","ts":"x","cookie":5,"inode":15,"netns":7,"new_state":null,"dwell_ms":5900.0,"dwell_bound":"at_most"}"#.to_owned(),
+        ]);
+        let audit = ledger.audit(&[], &[], &[], &BTreeSet::from([7]));
+        assert_eq!(
+            audit.examples,
+            vec![
+                "not a leaker's: cookie 5, inode Some(15), ports Some(40000) -> Some(8080), 1 \
+                 reports (dwell 5000.5 ms exact), 1 closes (dwell 5900.0 ms at_most, exit \
+                 found by a scan)"
+            ]
+        );
+    }
+
+    #[test]
     fn every_way_to_be_wrong_is_counted() {
         let ledger = ledger(&[
             line("stuck", 1, 11, 7),
@@ -362,11 +414,11 @@ mod tests {
             false_reports: 0,
             close_before_report: 0,
             unmatched: 1,
+            garbled: 1,
             examples: vec![],
         };
         assert_eq!(audit, want);
-        assert_eq!(audit.problems().len(), 7, "{:?}", audit.problems());
-        assert_eq!(ledger.garbled, 1);
+        assert_eq!(audit.problems().len(), 8, "{:?}", audit.problems());
     }
 
     #[test]
@@ -397,7 +449,7 @@ mod tests {
     fn the_summary_and_start_lines_are_kept_whole() {
         let ledger = ledger(&[
             r#"{"event":"start","existing":3}"#.to_owned(),
-            r#"{"event":"summary","in_close_wait":0,"lost":2,"stuck":100000}"#.to_owned(),
+            r#"{"event":"summary","in_close_wait":0,"lost":2,"stuck":100000,"dwell_ms":{"p50":0.004}}"#.to_owned(),
         ]);
         assert_eq!(ledger.start.unwrap()["existing"], 3);
         assert_eq!(ledger.summary.unwrap()["lost"], 2);

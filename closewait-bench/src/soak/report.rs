@@ -72,13 +72,19 @@ impl Figures {
 
     /// What is wrong, one line each; empty when the soak passed.
     pub fn problems(&self) -> Vec<String> {
-        let (Some(end), Some(last), Some(m), Some(summary)) = (
-            &self.audit_end,
-            &self.audit_final,
-            &self.metrics_end,
-            &self.summary,
-        ) else {
+        let (Some(end), Some(last), Some(m)) =
+            (&self.audit_end, &self.audit_final, &self.metrics_end)
+        else {
             return vec!["no audit: the run did not get that far".into()];
+        };
+        let Some(summary) = &self.summary else {
+            let mut out = vec!["closewait-trace printed no summary line at exit".to_string()];
+            out.extend(
+                last.problems()
+                    .into_iter()
+                    .map(|p| format!("after the release: {p}")),
+            );
+            return out;
         };
         let mut out = Vec::new();
         for p in end.problems() {
