@@ -132,6 +132,23 @@ impl Ledger {
         self.sockets.get(self.by_inode.get(&inode)?)
     }
 
+    /// How many of `fresh` (sockets leaked while tracing) the stream owes a
+    /// creation record: all but those the kernel closed under their owner
+    /// (`vanished`) before any report, which need not have been reported.
+    pub fn owed_creation<'a>(
+        &self,
+        fresh: impl IntoIterator<Item = &'a u64>,
+        vanished: &BTreeSet<u64>,
+    ) -> usize {
+        fresh
+            .into_iter()
+            .filter(|&i| {
+                let reported = self.by_inode(*i).is_some_and(|s| s.reports > 0);
+                reported || !vanished.contains(i)
+            })
+            .count()
+    }
+
     /// How many of `inodes` were reported with their creation record.
     pub fn with_creation<'a>(&self, inodes: impl IntoIterator<Item = &'a u64>) -> usize {
         let said = inodes.into_iter().filter_map(|&i| self.by_inode(i));
@@ -358,6 +375,13 @@ mod tests {
         assert_eq!(ledger.lost, 5);
         assert_eq!(ledger.progress(&[11, 12, 14]), (3, 1));
         assert_eq!(ledger.with_creation(&[11, 12, 13, 99]), 3);
+        // 99 was never reported: owed unless the kernel closed it under its owner;
+        // 13 was reported, so owed even though it vanished later.
+        assert_eq!(ledger.owed_creation(&[11, 12, 13, 99], &BTreeSet::new()), 4);
+        assert_eq!(
+            ledger.owed_creation(&[11, 12, 13, 99], &BTreeSet::from([13, 99])),
+            3
+        );
         let clean = ledger.audit(&[11], &[12], &[13, 17], &BTreeSet::from([7]));
         assert_eq!((clean.vanished, clean.vanished_unreported), (2, 1));
         assert_eq!(

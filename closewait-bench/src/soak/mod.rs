@@ -314,7 +314,9 @@ impl Run {
             &self.vanished,
             &self.netns_inodes,
         ));
-        self.figures.fresh = self.fresh.len() as u64;
+        // A new leak the kernel reset before any scan could see it (while the
+        // tracer was stopped) owes no report, so no creation record either.
+        self.figures.fresh = tracer.ledger().owed_creation(&self.fresh, &self.vanished) as u64;
         self.figures.fresh_with_creation = tracer.ledger().with_creation(&self.fresh) as u64;
 
         eprintln!("==> releasing every stuck socket");
