@@ -459,10 +459,15 @@ impl Kernel {
     /// read of the tracepoint's arguments, a run the kernel skipped): the
     /// part of [`Kernel::drops`] the tracker must hear of before it flags a
     /// socket, whose exit may be among them.
+    /// Reads only the counters [`Drops::events_lost`] adds up.
     pub fn events_lost(&self) -> anyhow::Result<u64> {
-        Ok(self.counter(counter::RINGBUF_FULL)?
-            + self.counter(counter::READ_FAILED)?
-            + self.recursion_misses())
+        let lost = Drops {
+            ringbuf_full: self.counter(counter::RINGBUF_FULL)?,
+            read_failed: self.counter(counter::READ_FAILED)?,
+            recursion_misses: self.recursion_misses(),
+            ..Drops::default()
+        };
+        Ok(lost.events_lost())
     }
 
     /// Current totals of everything the kernel dropped.
